@@ -29,3 +29,11 @@ __all__ = [
     "compact",
     "__version__",
 ]
+
+from .reference.apply import SUPPORTED_ARCHITECTURES, ZipVLState, disable, enable  # noqa: E402
+from .reference.cache import ZipVLCache, ZipVLLayer  # noqa: E402
+from .reference.policy import LayerContext, TokenPolicy, ZipVLPolicy  # noqa: E402
+from .reference.stats import ForwardStats, LayerStats  # noqa: E402
+
+__all__ += ["enable", "disable", "ZipVLState", "ZipVLCache", "ZipVLLayer", "TokenPolicy", "ZipVLPolicy",
+            "LayerContext", "ForwardStats", "LayerStats", "SUPPORTED_ARCHITECTURES"]

@@ -1,0 +1,152 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The "zipvl" attention function registered in transformers' AttentionInterface.
+
+Prefill (the layer's cache is still empty): ask the policy for the kept set T, run attention on Q[T], K[T], V[T]
+only (rows outside T output 0), evict the rest from the layer's cache. Decode: attend over the layer's retained
+entries with a mask built from the cache's own slots (the HF mask indexes logical slots, not compacted entries),
+and every ``decode_interval`` tokens re-select inside the newest window.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from .cache import ZipVLCache, ZipVLLayer
+from .policy import LayerContext
+from .selection import select_window
+from .sparse import sparse_attention
+from .stats import LayerStats, causal_attention_flops, probe_flops
+
+ATTENTION_NAME = "zipvl"
+
+
+def _key_validity(attention_mask: torch.Tensor | None, batch: int, n: int, device) -> torch.Tensor | None:
+    """Which keys are real tokens, from the 4D mask HF built (last query row sees every valid key)."""
+    if attention_mask is None:
+        return None
+    row = attention_mask[:, 0, -1, -n:]
+    valid = row if row.dtype == torch.bool else row > torch.finfo(row.dtype).min / 2
+    valid = valid.expand(batch, n)
+    return None if bool(valid.all()) else valid
+
+
+def zipvl_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers attention signature: query (B, H, q, d), key/value (B, H_kv, L, d) -> ((B, q, H, d), None)."""
+    state = getattr(module, "_zipvl_state", None)
+    if state is None:  # enabled model config, but this module was not wired (e.g. a copy): behave like SDPA
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    cache = state.cache
+    layer = cache.layers[module.layer_idx] if isinstance(cache, ZipVLCache) else None
+    if layer is None or not layer.prefilled:
+        out = _prefill(module, state, layer, query, key, value, attention_mask, scaling)
+    else:
+        out = _decode(module, state, layer, query, key, value, scaling)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _prefill(module, state, layer: ZipVLLayer | None, query, key, value, attention_mask, scaling):
+    b, h, n, d = query.shape
+    h_kv = key.shape[1]
+    idx = module.layer_idx
+    policy, config = state.policy, state.policy.config
+    valid = _key_validity(attention_mask, b, n, query.device)
+    lengths = [n] * b if valid is None else valid.sum(-1).tolist()
+    if idx in config.dense_layers or max(lengths) < config.min_length:
+        mode = "dense_layer" if idx in config.dense_layers else "short"
+        out = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling)[0].transpose(1, 2)
+        kept = torch.ones(b, n, dtype=torch.bool, device=query.device) if valid is None else valid
+        counts, probe_cost = lengths, 0
+    else:
+        mode = "sparse"
+        kept, out, counts, probe_cost = _select_and_attend(policy, state, idx, query, key, value, valid, scaling)
+    if layer is not None:
+        layer.keep(kept)
+        layer.prefilled = True
+        layer.pending = 0
+    kv_entry = 2 * h_kv * d * key.element_size()
+    state.record(
+        LayerStats(
+            layer=idx, phase="prefill", mode=mode, length=lengths, kept=counts,
+            attn_flops_dense=sum(causal_attention_flops(x, h, d) for x in lengths),
+            attn_flops_zipvl=sum(causal_attention_flops(p, h, d) for p in counts) + probe_cost,
+            probe_flops=probe_cost,
+            kv_bytes_before=kv_entry * sum(lengths), kv_bytes_after=kv_entry * sum(counts),
+            cache_length=layer.lengths() if layer is not None else list(counts),
+        )
+    )
+    return out
+
+
+def _select_and_attend(policy, state, idx, query, key, value, valid, scaling):
+    """Run the policy and the sparse attention; with padding, each row works on its valid tokens only."""
+    b, h, n, d = query.shape
+    rows = [None] * b if valid is None else [valid[i].nonzero().squeeze(-1) for i in range(b)]
+    if valid is None:
+        groups = [(slice(None), None)]
+    else:
+        groups = [(slice(i, i + 1), rows[i]) for i in range(b)]
+    kept = torch.zeros(b, n, dtype=torch.bool, device=query.device)
+    out = torch.zeros_like(query)
+    counts, probe_cost = [0] * b, 0
+    for sl, cols in groups:
+        q, k, v = (query[sl], key[sl], value[sl]) if cols is None else (t[sl][:, :, cols] for t in (query, key, value))
+        extras = {name: (t[sl] if cols is None else t[sl][:, cols]) for name, t in state.extras.items()}
+        ctx = LayerContext(layer_idx=idx, num_layers=state.num_layers, extras=extras)
+        sel = policy.select(q, k, scaling, ctx)
+        probe_cost += q.shape[0] * probe_flops(q.shape[2], sel.probes.shape[-1], h, d) if sel.probes is not None else 0
+        if policy.sparse_prefill:
+            o = sparse_attention(q, k, v, sel.kept, scaling)
+        else:
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, enable_gqa=h != k.shape[1])
+        if cols is None:
+            kept, out = sel.kept, o
+            counts = sel.count.tolist()
+        else:
+            i = sl.start
+            kept[i, cols[sel.kept[0]]] = True
+            out[i : i + 1, :, cols] = o
+            counts[i] = int(sel.count[0])
+    return kept, out, counts, probe_cost
+
+
+def _decode(module, state, layer: ZipVLLayer, query, key, value, scaling):
+    """Attend over the retained cache; re-select in the newest window every decode_interval tokens."""
+    b, h, q, d = query.shape
+    q_slots = layer.logical - q + torch.arange(q, device=query.device)
+    visible = layer.valid[:, None, None, :] & (layer.slots[:, None, None, :] <= q_slots[None, None, :, None])
+    mask = None if q == 1 and bool(visible.all()) else visible
+    gqa = h != key.shape[1]
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling, enable_gqa=gqa)
+    interval = state.policy.config.decode_interval
+    if state.policy.decode_reselect and interval and layer.pending >= interval:
+        _reselect_window(module, state, layer, query[:, :, -1:], key, visible[:, :, -1:], scaling)
+    return out
+
+
+def _reselect_window(module, state, layer: ZipVLLayer, query, key, visible, scaling):
+    """Method, "Decoding": the current token's attention (softmax over the whole retained cache) on the newest
+    ``pending`` entries; keep the smallest set reaching tau of the window's mass, evict the rest of the window."""
+    b, h, _, d = query.shape
+    w = layer.pending
+    g = h // key.shape[1]
+    scale = d**-0.5 if scaling is None else scaling
+    k = key.float().repeat_interleave(g, dim=1) if g > 1 else key.float()
+    logits = torch.matmul(query.float(), k.transpose(-1, -2)) * scale  # (B, H, 1, L)
+    probs = torch.softmax(logits.masked_fill(~visible, float("-inf")), dim=-1)[:, :, 0].sum(dim=1)  # (B, L)
+    window = layer.valid & (layer.slots >= layer.logical - w)
+    window_mass = probs[window].view(b, w)
+    kept_window = select_window(window_mass, state.policy.config.tau, h)
+    keep = ~window
+    keep[window] = kept_window.reshape(-1)
+    kv_entry = 2 * key.shape[1] * d * key.element_size()
+    before = kv_entry * sum(layer.lengths())
+    layer.keep(keep)
+    layer.pending = 0
+    state.record(
+        LayerStats(layer=module.layer_idx, phase="decode", mode="reselect", length=[w] * b,
+                   kept=kept_window.sum(-1).tolist(), kv_bytes_before=before,
+                   kv_bytes_after=kv_entry * sum(layer.lengths()), cache_length=layer.lengths())
+    )
