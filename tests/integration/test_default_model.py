@@ -1,0 +1,41 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The embedded default (real SmolLM2-135M weights) under ZipVL: real attention gives real sparsity."""
+
+import torch
+
+import zipvl
+from zipvl import ZipVLConfig
+from zipvl.data import NEEDLES, answer_is_correct, load_image, needle_prompt
+from zipvl.pipeline import chat_inputs, generate
+
+
+def test_essay_sparsity_and_needle_answers(default_model, capsys):
+    model, processor = default_model
+    inputs = chat_inputs(processor, needle_prompt(processor.tokenizer, 2000, depth=0.5))
+    n = inputs["input_ids"].shape[1]
+    assert 1900 < n < 2200
+    dense = generate(model, processor, inputs, max_new_tokens=12)
+    sparse = generate(model, processor, inputs, max_new_tokens=12, config=ZipVLConfig(tau=0.975))
+    ratios = sparse.stats.layer_ratios()
+    assert len(ratios) == model.config.text_config.num_hidden_layers
+    assert sparse.stats.mean_ratio < 0.8
+    assert min(ratios) < max(ratios)  # adaptive: layers differ
+    # Cache lengths after prefill: each layer holds its kept count (+ the decoded tokens).
+    kept = [s.kept[0] for s in sorted(sparse.stats.layers, key=lambda s: s.layer)]
+    assert [lengths[0] - (sparse.tokens.shape[1] - 1) for lengths in sparse.cache_lengths] == kept
+    assert answer_is_correct(dense.text[0], NEEDLES[0])  # the dense model knows the fact
+    with capsys.disabled():
+        print(f"\n[default model, {n} tokens, tau=0.975] mean kept ratio {sparse.stats.mean_ratio:.3f}")
+        print("  per layer: " + " ".join(f"{r:.2f}" for r in ratios))
+        print(f"  dense answer: {dense.text[0]!r}\n  zipvl answer: {sparse.text[0]!r}")
+
+
+@torch.no_grad()
+def test_image_prompt_tau_one_matches_dense(default_model):
+    model, processor = default_model
+    image = load_image("skimage:chelsea")
+    inputs = chat_inputs(processor, [{"role": "user", "content": "What animal is this?"}], images=[image])
+    ref = model(**inputs).logits[:, -1]
+    with zipvl.enable(model, ZipVLConfig(tau=1.0)):
+        out = model(**inputs).logits[:, -1]
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=0)
