@@ -10,7 +10,7 @@ Public API (the method's single source of truth, see docs/method.md):
 
 from .config import ZipVLConfig
 from .errors import UnsupportedModelError, ZipVLConfigError, ZipVLError, ZipVLInputError
-from .reference.selection import Selection, probe_positions, select_tokens, select_window
+from .reference.selection import Selection, probe_positions, score_tokens, select_tokens, select_window
 from .reference.sparse import compact, sparse_attention
 
 __version__ = "0.1.0"
@@ -24,6 +24,7 @@ __all__ = [
     "Selection",
     "probe_positions",
     "select_tokens",
+    "score_tokens",
     "select_window",
     "sparse_attention",
     "compact",
@@ -32,8 +33,8 @@ __all__ = [
 
 from .reference.apply import SUPPORTED_ARCHITECTURES, ZipVLState, disable, enable  # noqa: E402
 from .reference.cache import ZipVLCache, ZipVLLayer  # noqa: E402
-from .reference.policy import LayerContext, TokenPolicy, ZipVLPolicy  # noqa: E402
+from .reference.policy import FixedRatioPolicy, LayerContext, SectionTimer, TokenPolicy, ZipVLPolicy  # noqa: E402
 from .reference.stats import ForwardStats, LayerStats  # noqa: E402
 
 __all__ += ["enable", "disable", "ZipVLState", "ZipVLCache", "ZipVLLayer", "TokenPolicy", "ZipVLPolicy",
-            "LayerContext", "ForwardStats", "LayerStats", "SUPPORTED_ARCHITECTURES"]
+            "LayerContext", "FixedRatioPolicy", "SectionTimer", "ForwardStats", "LayerStats", "SUPPORTED_ARCHITECTURES"]

@@ -208,3 +208,17 @@ def test_cache_overflow_is_a_clear_error():
     inputs = tiny_inputs("llama", text_len=20).kwargs
     with pytest.raises(zipvl.ZipVLInputError, match="KV cache overflow"):
         model(**inputs, past_key_values=zipvl.ZipVLCache(max_length=10))
+
+
+@torch.no_grad()
+def test_fixed_ratio_policy_keeps_that_ratio_and_timer_sections():
+    model = tiny_model("llama")
+    state = zipvl.enable(model, policy=zipvl.FixedRatioPolicy(0.4))
+    state.timer = zipvl.SectionTimer()
+    inputs = tiny_inputs("llama", text_len=250).kwargs
+    model(**inputs)
+    n = inputs["input_ids"].shape[1]
+    assert [s.kept[0] for s in state.prefill_stats.layers] == [-(-4 * n // 10)] * 3
+    assert {"probe", "select", "sparse_attention", "evict"} <= set(state.timer.seconds)
+    with pytest.raises(zipvl.ZipVLConfigError):
+        zipvl.FixedRatioPolicy(1.5)

@@ -17,7 +17,7 @@ from ..config import ZipVLConfig
 from ..errors import UnsupportedModelError, ZipVLInputError
 from .attention import ATTENTION_NAME, zipvl_attention
 from .cache import ZipVLCache
-from .policy import TokenPolicy, ZipVLPolicy
+from .policy import NullTimer, SectionTimer, TokenPolicy, ZipVLPolicy
 from .stats import ForwardStats, LayerStats
 
 # Architecture -> whether it is a vision-language model (text tower routed separately).
@@ -48,6 +48,7 @@ class ZipVLState:
         self.num_layers = len(text_layers)
         self.cache: Cache | None = None
         self.extras: dict[str, torch.Tensor] = {}
+        self.timer: SectionTimer | NullTimer = NullTimer()  # set a SectionTimer to get a time breakdown
         self.last_stats: ForwardStats | None = None
         self.prefill_stats: ForwardStats | None = None
         self._current: ForwardStats | None = None

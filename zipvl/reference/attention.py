@@ -63,7 +63,8 @@ def _prefill(module, state, layer: ZipVLLayer | None, query, key, value, attenti
         mode = "sparse"
         kept, out, counts, probe_cost = _select_and_attend(policy, state, idx, query, key, value, valid, scaling)
     if layer is not None:
-        layer.keep(kept)
+        with state.timer.section("evict", query.device):
+            layer.keep(kept)
         layer.prefilled = True
         layer.pending = 0
     kv_entry = 2 * h_kv * d * key.element_size()
@@ -94,13 +95,15 @@ def _select_and_attend(policy, state, idx, query, key, value, valid, scaling):
     for sl, cols in groups:
         q, k, v = (query[sl], key[sl], value[sl]) if cols is None else (t[sl][:, :, cols] for t in (query, key, value))
         extras = {name: (t[sl] if cols is None else t[sl][:, cols]) for name, t in state.extras.items()}
-        ctx = LayerContext(layer_idx=idx, num_layers=state.num_layers, extras=extras)
+        ctx = LayerContext(layer_idx=idx, num_layers=state.num_layers, extras=extras, timer=state.timer)
         sel = policy.select(q, k, scaling, ctx)
         probe_cost += q.shape[0] * probe_flops(q.shape[2], sel.probes.shape[-1], h, d) if sel.probes is not None else 0
-        if policy.sparse_prefill:
-            o = sparse_attention(q, k, v, sel.kept, scaling)
-        else:
-            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, enable_gqa=h != k.shape[1])
+        with state.timer.section("sparse_attention" if policy.sparse_prefill else "dense_attention", q.device):
+            if policy.sparse_prefill:
+                o = sparse_attention(q, k, v, sel.kept, scaling)
+            else:
+                o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling,
+                                                   enable_gqa=h != k.shape[1])
         if cols is None:
             kept, out = sel.kept, o
             counts = sel.count.tolist()

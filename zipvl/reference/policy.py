@@ -8,12 +8,44 @@ random) are siblings implementing the same ``select``.
 
 from __future__ import annotations
 
+import math
+import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
 
 from ..config import ZipVLConfig
-from .selection import Selection, probe_positions, select_tokens
+from ..errors import ZipVLConfigError
+from .selection import Selection, adaptive_count, probe_positions, score_tokens, top_by_score
+
+
+class SectionTimer:
+    """Accumulates wall time per named section (CUDA-synchronised), for the benchmark's time breakdown."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def section(self, name: str, device=None):
+        sync = device is not None and torch.device(device).type == "cuda"
+        if sync:
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if sync:
+                torch.cuda.synchronize(device)
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def reset(self) -> None:
+        self.seconds.clear()
+
+
+class NullTimer:
+    def section(self, name, device=None):
+        return nullcontext()
 
 
 @dataclass
@@ -23,6 +55,7 @@ class LayerContext:
     layer_idx: int
     num_layers: int
     extras: dict = field(default_factory=dict)  # e.g. {"image_mask": (B, n) bool}, valid-row sliced
+    timer: SectionTimer | NullTimer = field(default_factory=NullTimer)
 
 
 class TokenPolicy:
@@ -56,4 +89,34 @@ class ZipVLPolicy(TokenPolicy):
     decode_reselect = True
 
     def select(self, query, key, scaling, ctx):
-        return select_tokens(query, key, self.probes(query.shape[2], query.device), self.config.tau, scaling)
+        probes = self.probes(query.shape[2], query.device)
+        with ctx.timer.section("probe", query.device):
+            mass, score = score_tokens(query, key, probes, scaling)
+        with ctx.timer.section("select", query.device):
+            count = adaptive_count(mass, self.config.tau, float(query.shape[1] * probes.shape[-1]))
+            kept = top_by_score(score, count)
+        return Selection(kept=kept, count=count, mass=mass, score=score, probes=probes)
+
+
+class FixedRatioPolicy(TokenPolicy):
+    """ZipVL's scorer with a fixed kept ratio per layer (the paper's "fixed" ablation; the benchmark's forced-ratio
+    shape-only mode): keeps ceil(ratio * n) tokens by normalised score. No decode re-selection."""
+
+    name = "fixed_ratio"
+
+    def __init__(self, ratio: float, config: ZipVLConfig | None = None):
+        super().__init__(config)
+        if not 0.0 < ratio <= 1.0:
+            raise ZipVLConfigError(f"kept ratio must be in (0, 1], got {ratio}")
+        self.ratio = float(ratio)
+
+    def select(self, query, key, scaling, ctx):
+        b, _, n, _ = query.shape
+        probes = self.probes(n, query.device)
+        with ctx.timer.section("probe", query.device):
+            mass, score = score_tokens(query, key, probes, scaling)
+        with ctx.timer.section("select", query.device):
+            count = torch.full((b,), max(1, min(n, math.ceil(self.ratio * n))), dtype=torch.long,
+                               device=query.device)
+            kept = top_by_score(score, count)
+        return Selection(kept=kept, count=count, mass=mass, score=score, probes=probes)

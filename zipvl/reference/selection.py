@@ -189,16 +189,19 @@ def select_tokens(
     if not 0.0 < float(tau) <= 1.0:
         raise ZipVLInputError(f"tau must be in (0, 1], got {tau!r}")
     _check_shapes(query, key, probes)
-    b, h, n, _ = query.shape
     probes = probes.to(device=query.device, dtype=torch.long)
-    mass = probe_mass(query, key, probes, scaling)
-    total = float(h * probes.shape[-1])  # every probe row of every head sums to 1
+    mass, score = score_tokens(query, key, probes, scaling)
+    total = float(query.shape[1] * probes.shape[-1])  # every probe row of every head sums to 1
     count = adaptive_count(mass, tau, total)
+    return Selection(kept=top_by_score(score, count), count=count, mass=mass, score=score, probes=probes)
+
+
+def score_tokens(query: torch.Tensor, key: torch.Tensor, probes: torch.Tensor, scaling: float | None = None):
+    """Steps 2, 3 and 5's score: (mass a_j, normalised score a_j / c_j), both (B, n) float32."""
+    b, h, n, _ = query.shape
+    mass = probe_mass(query, key, probes, scaling)
     score = mass / visible_probe_counts(probes, n, h).to(mass.dtype)
-    if score.dim() == 1:
-        score = score.expand(b, n)
-    kept = top_by_score(score, count)
-    return Selection(kept=kept, count=count, mass=mass, score=score.contiguous(), probes=probes)
+    return mass, score.expand(b, n).contiguous()
 
 
 def select_window(window_mass: torch.Tensor, tau: float, num_heads: int) -> torch.Tensor:

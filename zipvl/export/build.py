@@ -1,0 +1,156 @@
+# SPDX-License-Identifier: Apache-2.0
+"""zipvl-build's engine: export embed / vision / prefill / decode graphs, share their weights, write the manifest."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..config import ZipVLConfig
+from ..errors import ZipVLInputError
+from ..runtime.manifest import FORMAT, FORMAT_VERSION, file_entry, load_manifest, write_manifest
+from . import graphs
+from .weights import WEIGHTS, share_weights
+from .wrappers import describe
+
+log = logging.getLogger(__name__)
+
+OPS = ("standard", "plugin")
+PROCESSOR_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "processor_config.json",
+                   "preprocessor_config.json", "chat_template.json", "chat_template.jinja", "vocab.json",
+                   "merges.txt", "added_tokens.json", "generation_config.json")
+
+
+def load_model(source: str | Path | None):
+    """A local HF checkpoint directory (or the embedded default when None) -> (model in fp32 eval, directory)."""
+    import transformers
+
+    if source is None:
+        from ..models import default_model_dir
+
+        source = default_model_dir()
+    source = Path(source)
+    if not (source / "config.json").is_file():
+        raise ZipVLInputError(f"{source} is not a Hugging Face checkpoint directory (no config.json)")
+    config = transformers.AutoConfig.from_pretrained(source)
+    arch = (config.architectures or [None])[0]
+    cls = getattr(transformers, arch or "", None)
+    if cls is None:
+        raise ZipVLInputError(f"{source}: unknown architecture {arch!r} in config.json")
+    model = cls.from_pretrained(source, dtype=torch.float32)
+    return model.eval(), source
+
+
+def build_engine(model, out_dir: str | Path, ops: str = "standard", config: ZipVLConfig | None = None,
+                 max_batch: int = 8, max_sequence: int | None = None, source_dir: str | Path | None = None,
+                 reuse: str | Path | None = None, progress: bool = True) -> dict:
+    """Export ``model`` (a supported HF model) into the engine directory ``out_dir``; returns the manifest.
+
+    Parameters
+    ----------
+    ops : "standard" (ZipVL attention in standard ONNX ops) or "plugin" (ZipVLTokenSelect / ZipVLSparseAttention)
+    config : the ZipVLConfig baked into the prefill graph (tau, dense layers) and recorded for the runtime
+    max_batch, max_sequence : limits the runtime enforces (max_sequence = prompt + generated tokens per sequence;
+        default min(model positions, 8192)); the KV capacity per layer and sequence is max_sequence
+    source_dir : checkpoint directory whose tokenizer / processor files are copied into the engine
+    reuse : an engine directory of the same model whose embed / vision / decode graphs are reused (only prefill
+        depends on ops and tau)
+    """
+    if ops not in OPS:
+        raise ZipVLInputError(f"--ops must be one of {OPS}, got {ops!r}")
+    config = config or ZipVLConfig()
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    desc = describe(model)
+    bad = [i for i in config.dense_layers if i >= desc["num_layers"]]
+    if bad:
+        raise ZipVLInputError(f"dense_layers {bad} out of range: the model has {desc['num_layers']} layers")
+    max_sequence = int(max_sequence or min(desc["max_position_embeddings"], 8192))
+    reused = _reusable(reuse, desc) if reuse is not None else {}
+    names = [n for n in graphs.graph_names(desc) if n not in reused]
+    timings: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix=".zipvl-build-", dir=out_dir) as tmp:
+        paths = dict(reused)
+        for name in _progress(names, progress):
+            t = time.perf_counter()
+            paths[name] = Path(tmp) / f"{name}.onnx"
+            with _quiet():
+                graphs.export_graph(name, model, desc, config, ops, paths[name])
+            timings[name] = round(time.perf_counter() - t, 2)
+            log.info("exported %s in %.1f s", name, timings[name])
+        order = [n for n in graphs.graph_names(desc)]
+        share_weights({n: paths[n] for n in order}, out_dir)
+    extra = graphs.export_extras(model, desc, out_dir)
+    if source_dir is not None:
+        extra += _copy_processor(Path(source_dir), out_dir)
+    files = {f"{n}.onnx": file_entry(out_dir / f"{n}.onnx") for n in order}
+    files[WEIGHTS] = file_entry(out_dir / WEIGHTS)
+    files.update({rel: file_entry(out_dir / rel) for rel in extra})
+    import onnx
+
+    opset = max(o.version for o in onnx.load(str(out_dir / "prefill.onnx"), load_external_data=False).opset_import
+                if o.domain in ("", "ai.onnx"))
+    manifest = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "zipvl_version": __version__,
+        "model": {**desc, "source": str(source_dir) if source_dir else None},
+        "zipvl": config.to_dict(), "ops": ops, "opset": opset,
+        "limits": {"max_batch": int(max_batch), "max_sequence": max_sequence, "kv_capacity": max_sequence,
+                   "prefill_batch": 1},
+        "graphs": {n: f"{n}.onnx" for n in order},
+        "extras": {Path(rel).stem: rel for rel in extra if rel.endswith(".npy")},
+        "processor": "processor" if source_dir is not None and (out_dir / "processor").is_dir() else None,
+        "files": files,
+        "build": {"seconds": round(time.perf_counter() - t0, 2), "graph_seconds": timings,
+                  "reused": sorted(reused), "torch": torch.__version__, "transformers": _version("transformers"),
+                  "onnx": onnx.__version__, "engine_bytes": sum(e["bytes"] for e in files.values())},
+    }
+    write_manifest(out_dir, manifest)
+    return manifest
+
+
+def _reusable(reuse, desc) -> dict[str, Path]:
+    manifest = load_manifest(reuse, verify_hashes=False)
+    theirs = {k: v for k, v in manifest["model"].items() if k != "source"}
+    if theirs != desc:
+        raise ZipVLInputError(f"--reuse {reuse}: that engine was built from a different model")
+    return {n: Path(reuse) / f for n, f in manifest["graphs"].items() if n != "prefill"}
+
+
+def _copy_processor(src: Path, out_dir: Path) -> list[str]:
+    copied = []
+    for name in PROCESSOR_FILES:
+        if (src / name).is_file():
+            (out_dir / "processor").mkdir(exist_ok=True)
+            shutil.copy2(src / name, out_dir / "processor" / name)
+            copied.append(f"processor/{name}")
+    return copied
+
+
+def _progress(items, enabled: bool):
+    if not enabled:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc="zipvl-build", unit="graph", bar_format="{desc}: {n}/{total} graphs {postfix}")
+
+
+@contextlib.contextmanager
+def _quiet():
+    """torch.onnx prints its own step lines; keep the build's output to our progress bar."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
+
+
+def _version(pkg: str) -> str:
+    from importlib.metadata import version
+
+    return version(pkg)

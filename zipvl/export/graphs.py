@@ -1,0 +1,140 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Export of each engine graph: example inputs, dynamic shapes, I/O names, translation table.
+
+I/O names are the runtime's contract (see docs/engine.md): ``inputs_embeds``, ``position_ids``, ``probes``;
+``logits``; per layer ``present.{i}.key/value``, ``kept_count.{i}``, ``kept_indices.{i}`` (prefill) and
+``past.{i}.key/value/mask`` -> ``new.{i}.key/value``, ``probs.{i}`` (decode).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.export import Dim
+
+from ..config import ZipVLConfig
+from ..reference.selection import probe_positions
+from .attention import DECODE_NAME, PREFILL_NAME
+from .lowering_plugin import plugin_prefill_attention, register_schemas
+from .lowering_standard import standard_prefill_attention
+from .wrappers import DecodeGraph, EmbedGraph, LlavaVisionGraph, PrefillGraph, Qwen2VLVisionGraph
+
+
+def graph_names(desc: dict) -> list[str]:
+    return ["embed"] + (["vision"] if "vision" in desc else []) + ["prefill", "decode"]
+
+
+def export_graph(name: str, model, desc: dict, config: ZipVLConfig, ops: str, path: Path) -> None:
+    fn = {"embed": _embed, "vision": _vision, "prefill": _prefill, "decode": _decode}[name]
+    module, args, dynamic, inputs, outputs, table = fn(model, desc, config, ops)
+    with torch.no_grad(), _attention(model, name):
+        torch.onnx.export(module, args, str(path), dynamo=True, dynamic_shapes=dynamic, input_names=inputs,
+                          output_names=outputs, custom_translation_table=table, external_data=True, optimize=True,
+                          verbose=False)
+
+
+def export_extras(model, desc: dict, out_dir: Path) -> list[str]:
+    """Non-graph tensors the runtime needs (LLaVA-NeXT's image_newline for its packing)."""
+    if desc["type"] == "llava_next":
+        np.save(out_dir / "image_newline.npy", model.model.image_newline.detach().float().numpy())
+        return ["image_newline.npy"]
+    return []
+
+
+class _attention:
+    """Route the text tower to the export attention of this graph, restore afterwards."""
+
+    def __init__(self, model, graph: str):
+        self.model, self.graph = model, graph
+
+    def __enter__(self):
+        text = self.model.config.get_text_config(decoder=True)
+        self.saved = text._attn_implementation
+        name = {"prefill": PREFILL_NAME, "decode": DECODE_NAME}.get(self.graph)
+        if name is not None:
+            self._set(name)
+
+    def __exit__(self, *exc):
+        self._set(self.saved or "sdpa")
+
+    def _set(self, name):
+        if hasattr(self.model.config, "vision_config"):
+            self.model.set_attn_implementation({"text_config": name, "vision_config": "sdpa"})
+        else:
+            self.model.set_attn_implementation(name)
+
+
+def _positions(desc: dict, batch: int, n: int, start: int = 0) -> torch.Tensor:
+    pos = torch.arange(start, start + n).expand(batch, n)
+    return pos[None].expand(3, batch, n).contiguous() if desc["mrope"] else pos.contiguous()
+
+
+def _embed(model, desc, config, ops):
+    ids = torch.randint(3, desc["vocab_size"], (2, 5))
+    dyn = ({0: Dim("batch", min=1), 1: Dim("seq", min=1)},)
+    return EmbedGraph(model), (ids,), dyn, ["input_ids"], ["inputs_embeds"], None
+
+
+def _vision(model, desc, config, ops):
+    v = desc["vision"]
+    if desc["type"] == "qwen2_vl":
+        ps, tps, c, m = v["patch_size"], v["temporal_patch_size"], v["in_channels"], v["spatial_merge_size"]
+        grid = (1, 2 * m, 4 * m)
+        p = grid[1] * grid[2]
+        pixels = torch.randn(p, c * tps * ps * ps)
+        from transformers.vision_utils import get_vision_position_ids
+
+        pos = get_vision_position_ids(torch.tensor([grid]), m)
+        groups = Dim("merged_tokens", min=1)
+        dyn = ({0: (m * m) * groups}, {0: (m * m) * groups})
+        return (Qwen2VLVisionGraph(model), (pixels, pos), dyn, ["pixel_values", "vision_position_ids"],
+                ["image_features"], None)
+    size = v["image_size"]
+    pixels = torch.randn(2, 3, size, size)
+    dyn = ({0: Dim("images", min=1)},)
+    return LlavaVisionGraph(model), (pixels,), dyn, ["pixel_values"], ["image_features"], None
+
+
+def _prefill_taus(desc, config) -> list[float]:
+    return [1.0 if i in config.dense_layers else config.tau for i in range(desc["num_layers"])]
+
+
+def _prefill(model, desc, config, ops):
+    n = max(config.n_probes + 16, 32)
+    embeds = torch.randn(1, n, desc["hidden_size"]) * 0.02
+    probes = probe_positions(n, config).to(torch.int32)[None]
+    seq = Dim("seq", min=2)
+    dyn = ({1: seq}, {(2 if desc["mrope"] else 1): seq}, {1: Dim("probes", min=1, max=max(2, config.n_probes))})
+    outputs = ["logits"]
+    for i in range(desc["num_layers"]):
+        outputs += [f"present.{i}.key", f"present.{i}.value", f"kept_count.{i}", f"kept_indices.{i}"]
+    if ops == "plugin":
+        register_schemas()
+        fn = plugin_prefill_attention
+    else:
+        fn = standard_prefill_attention
+    table = {torch.ops.zipvl.prefill_attention.default: fn}
+    return (PrefillGraph(model, _prefill_taus(desc, config)), (embeds, _positions(desc, 1, n), probes), dyn,
+            ["inputs_embeds", "position_ids", "probes"], outputs, table)
+
+
+def _decode(model, desc, config, ops):
+    b, layers = 2, desc["num_layers"]
+    h_kv, d = desc["num_kv_heads"], desc["head_dim"]
+    batch = Dim("batch", min=1)
+    past, past_dyn, inputs, outputs = [], [], ["inputs_embeds", "position_ids"], ["logits"]
+    for i in range(layers):
+        c = 5 + i
+        cap = Dim(f"cache_{i}", min=1)
+        mask = torch.ones(b, c, dtype=torch.bool)
+        mask[1, -2:] = False
+        past += [torch.randn(b, h_kv, c, d), torch.randn(b, h_kv, c, d), mask]
+        past_dyn += [{0: batch, 2: cap}, {0: batch, 2: cap}, {0: batch, 1: cap}]
+        inputs += [f"past.{i}.key", f"past.{i}.value", f"past.{i}.mask"]
+        outputs += [f"new.{i}.key", f"new.{i}.value", f"probs.{i}"]
+    embeds = torch.randn(b, 1, desc["hidden_size"]) * 0.02
+    pos_dyn = {1: batch} if desc["mrope"] else {0: batch}
+    dyn = ({0: batch}, pos_dyn, past_dyn)
+    return DecodeGraph(model, layers), (embeds, _positions(desc, b, 1, start=9), past), dyn, inputs, outputs, None
