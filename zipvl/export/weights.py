@@ -13,7 +13,6 @@ from pathlib import Path
 
 import onnx
 from onnx import numpy_helper
-from onnx.external_data_helper import set_external_data
 
 WEIGHTS = "weights.bin"
 _INLINE_BELOW = 1024  # bytes: small constants stay inside the graph
@@ -49,7 +48,9 @@ def share_weights(graphs: dict[str, Path], out_dir: Path, weights_name: str = WE
                 init.Clear()  # drop the data (raw or typed fields), keep name / shape / type
                 init.name, init.data_type = tname, dtype
                 init.dims.extend(dims)
-                set_external_data(init, location=weights_name, offset=off, length=length)
+                for k, v in (("location", weights_name), ("offset", str(off)), ("length", str(length))):
+                    entry = init.external_data.add()
+                    entry.key, entry.value = k, v
                 init.data_location = onnx.TensorProto.EXTERNAL
             path = out_dir / f"{name}.onnx"
             onnx.save(model, str(path))

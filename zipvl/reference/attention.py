@@ -134,11 +134,11 @@ def _reselect_window(module, state, layer: ZipVLLayer, query, key, visible, scal
     ``pending`` entries; keep the smallest set reaching tau of the window's mass, evict the rest of the window."""
     b, h, _, d = query.shape
     w = layer.pending
-    g = h // key.shape[1]
+    h_kv = key.shape[1]
     scale = d**-0.5 if scaling is None else scaling
-    k = key.float().repeat_interleave(g, dim=1) if g > 1 else key.float()
-    logits = torch.matmul(query.float(), k.transpose(-1, -2)) * scale  # (B, H, 1, L)
-    probs = torch.softmax(logits.masked_fill(~visible, float("-inf")), dim=-1)[:, :, 0].sum(dim=1)  # (B, L)
+    # GQA folded into the query rows: (B, H_kv, g, d) x (B, H_kv, d, L), no repeat of the cache.
+    logits = torch.matmul(query.float().view(b, h_kv, h // h_kv, d), key.float().transpose(-1, -2)) * scale
+    probs = torch.softmax(logits.masked_fill(~visible, float("-inf")), dim=-1).sum(dim=(1, 2))  # (B, L)
     window = layer.valid & (layer.slots >= layer.logical - w)
     window_mass = probs[window].view(b, w)
     kept_window = select_window(window_mass, state.policy.config.tau, h)
