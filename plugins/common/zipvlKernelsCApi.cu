@@ -1,7 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 // extern "C" entry points of libzipvl_kernels.so: the CUDA kernels without TensorRT, for ctypes
-// (zipvl/plugins/cuda_ops.py hands over torch CUDA tensors' data_ptr() and the current stream).
+// (zipvl/plugins/cuda_ops.py hands over torch CUDA tensors' data_ptr(), their device and the current stream).
+// This library links cudart statically; both runtimes share the device's primary context, so torch's pointers
+// and streams are valid here once the same device is current.
 #include "../ZipVLSparseAttention/sparseAttentionKernels.h"
+#include "../ZipVLTokenSelect/tokenSelectInternal.cuh"
 #include "../ZipVLTokenSelect/tokenSelectKernels.h"
 #include "zipvlStatus.h"
 
@@ -14,6 +17,12 @@ using namespace zipvl::kernels;
 
 namespace
 {
+
+//! Makes `device` current for this library's CUDA runtime (torch's tensors may live on any device).
+int32_t selectDevice(int32_t device)
+{
+    return device >= 0 ? cudaStatus(cudaSetDevice(device)) : ZIPVL_STATUS_OK;
+}
 
 bool toDType(int32_t code, DType& out)
 {
@@ -52,16 +61,21 @@ ZIPVL_EXPORT size_t zipvl_cuda_token_select_workspace_size(
     return tokenSelectWorkspaceSize(batch, num_heads, seq_len, num_probes);
 }
 
-//! ZipVLTokenSelect on device pointers; dtype 0 = fp32, 1 = fp16, 2 = bf16. Asynchronous on `stream`.
+//! ZipVLTokenSelect on device pointers; dtype 0 = fp32, 1 = fp16, 2 = bf16; device < 0 keeps the current one.
+//! Asynchronous on `stream`.
 ZIPVL_EXPORT int32_t zipvl_cuda_token_select(void const* query, void const* key, int32_t const* probes,
     int32_t dtype, int32_t batch, int32_t num_heads, int32_t num_kv_heads, int32_t seq_len, int32_t head_dim,
     int32_t num_probes, float tau, float scaling, int32_t* kept_indices, int32_t* kept_count, float* mass,
-    void* workspace, size_t workspace_bytes, void* stream)
+    void* workspace, size_t workspace_bytes, int32_t device, void* stream)
 {
     TokenSelectParams p;
     if (!toDType(dtype, p.dtype))
     {
         return ZIPVL_STATUS_BAD_ARGUMENT;
+    }
+    if (int32_t const status = selectDevice(device))
+    {
+        return status;
     }
     p.query = query;
     p.key = key;
@@ -80,16 +94,20 @@ ZIPVL_EXPORT int32_t zipvl_cuda_token_select(void const* query, void const* key,
     return launchTokenSelect(p, workspace, workspace_bytes, static_cast<cudaStream_t>(stream));
 }
 
-//! ZipVLSparseAttention on device pointers; dtype as above. Asynchronous on `stream`.
+//! ZipVLSparseAttention on device pointers; dtype and device as above. Asynchronous on `stream`.
 ZIPVL_EXPORT int32_t zipvl_cuda_sparse_attention(void const* query, void const* key, void const* value,
     int32_t const* kept_indices, int32_t const* kept_count, int32_t dtype, int32_t batch, int32_t num_heads,
     int32_t num_kv_heads, int32_t seq_len, int32_t head_dim, float scaling, void* attn_out, void* key_compact,
-    void* value_compact, void* stream)
+    void* value_compact, int32_t device, void* stream)
 {
     SparseAttentionParams p;
     if (!toDType(dtype, p.dtype))
     {
         return ZIPVL_STATUS_BAD_ARGUMENT;
+    }
+    if (int32_t const status = selectDevice(device))
+    {
+        return status;
     }
     p.query = query;
     p.key = key;

@@ -104,7 +104,7 @@ def _slot_sets(cache: zipvl.ZipVLCache, total: int) -> dict[int, torch.Tensor]:
     return sets
 
 
-@pytest.mark.parametrize("arch", ["llama", "llava", "qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("arch", ["llama", "llava", "llava_next", "qwen2_vl", "qwen2_5_vl"])
 @torch.no_grad()
 def test_sparse_prefill_and_evicted_decode_equal_masked_dense(arch):
     ref = MaskedReference()
@@ -222,3 +222,14 @@ def test_fixed_ratio_policy_keeps_that_ratio_and_timer_sections():
     assert {"probe", "select", "sparse_attention", "evict"} <= set(state.timer.seconds)
     with pytest.raises(zipvl.ZipVLConfigError):
         zipvl.FixedRatioPolicy(1.5)
+
+
+@torch.no_grad()
+def test_beam_search_reorders_the_evicting_cache():
+    """Beam search reorders/expands the cache every step: at tau = 1 it must equal dense beam search."""
+    dense_model, zip_model = tiny_model("llama"), tiny_model("llama")
+    inputs = tiny_inputs("llama", text_len=150).kwargs
+    ref = dense_model.generate(**inputs, max_new_tokens=20, num_beams=3, do_sample=False, pad_token_id=0)
+    zipvl.enable(zip_model, ZipVLConfig(tau=1.0, decode_interval=8))
+    out = zip_model.generate(**inputs, max_new_tokens=20, num_beams=3, do_sample=False, pad_token_id=0)
+    assert torch.equal(out, ref)

@@ -1,0 +1,108 @@
+# SPDX-License-Identifier: Apache-2.0
+"""`zipvl-bench`: prefill / decode / memory benchmarks of ZipVL against the dense baseline, with an SLA gate.
+
+Exit status: 0 ok, 2 bad input or unavailable backend, 3 an --sla budget was missed (one-line reason on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ..errors import ZipVLError
+from .backends import BACKENDS
+from .models import SHAPE_PRESETS
+from .runner import STAGES, BenchConfig, run_bench
+from .sla import SLA_EXIT_CODE, check_sla, parse_sla, sla_summary
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        out = [int(float(x)) if "k" not in x.lower() else int(float(x.lower().rstrip("k")) * 1024)
+               for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of integers (1024 or 1k), got {text!r}")
+    if not out or min(out) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="zipvl-bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    m = p.add_argument_group("model")
+    m.add_argument("--model", default="default",
+                   help="'default' (embedded SmolLM2, real weights), a local HF checkpoint folder, 'tiny:<arch>', or "
+                        f"'shape:<preset>' (random weights; presets: {', '.join(SHAPE_PRESETS)})")
+    m.add_argument("--layers", type=int, help="keep only the first N decoder layers (report says so)")
+    m.add_argument("--kept-ratio", type=float, help="force this kept ratio per layer (required for shape:...)")
+    m.add_argument("--tau", type=float, default=0.975, help="ZipVL retention threshold (adaptive mode)")
+    r = p.add_argument_group("backend")
+    r.add_argument("--backend", choices=BACKENDS, default="torch")
+    r.add_argument("--device", default="cpu", help="cpu or cuda[:i] (torch backend)")
+    r.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                   help="default float32 on CPU, bfloat16 on CUDA")
+    r.add_argument("--engine", help="engine folder (onnxruntime backend)")
+    r.add_argument("--threads", type=int, help="torch CPU threads")
+    s = p.add_argument_group("sweeps")
+    s.add_argument("--lengths", type=_ints, help="prefill lengths (default CPU 2k,4k,8k; GPU 2k..128k)")
+    s.add_argument("--repeats", type=int, default=3)
+    s.add_argument("--warmup", type=int, default=1)
+    s.add_argument("--crossover-lengths", type=_ints, help="short lengths for the crossover (default CPU 128..2k)")
+    s.add_argument("--crossover-repeats", type=int, default=3)
+    s.add_argument("--contexts", type=_ints, help="decode contexts (default CPU 2k,4k; GPU 4k,16k)")
+    s.add_argument("--batches", type=_ints, help="decode batch sizes (default CPU 1,2,4,8; GPU 1..16)")
+    s.add_argument("--steps", type=int, default=8, help="timed decode steps per batch")
+    s.add_argument("--memory-budget", type=float, metavar="MIB",
+                   help="memory budget (MiB, weights included) for the largest-batch decode comparison")
+    s.add_argument("--max-batch", type=int, default=64, help="cap on the batch actually run for the budget")
+    s.add_argument("--skip", default="", help=f"comma-separated stages to skip: {', '.join(STAGES)}")
+    o = p.add_argument_group("output")
+    o.add_argument("--json", help="write the JSON report here")
+    o.add_argument("--plot", help="write the PNG plot here")
+    o.add_argument("--sla", help="budgets, e.g. ttft_ms=800,decode_tps=40,kv_mib=512: exit 3 when one is missed")
+    o.add_argument("--no-progress", action="store_true", help="no progress bar")
+    o.add_argument("--quiet", action="store_true", help="no tables (JSON / plot / SLA line only)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        budgets = parse_sla(args.sla) if args.sla else None
+        cfg = BenchConfig(
+            model=args.model, layers=args.layers, kept_ratio=args.kept_ratio, tau=args.tau, backend=args.backend,
+            device=args.device, dtype=args.dtype, engine=args.engine, lengths=args.lengths, repeats=args.repeats,
+            warmup=args.warmup, crossover_lengths=args.crossover_lengths, crossover_repeats=args.crossover_repeats,
+            contexts=args.contexts, batches=args.batches, steps=args.steps, memory_budget_mib=args.memory_budget,
+            max_batch=args.max_batch, skip=tuple(s.strip() for s in args.skip.split(",") if s.strip()),
+            threads=args.threads, progress=not args.no_progress)
+        report = run_bench(cfg)
+    except ZipVLError as e:
+        print(f"zipvl-bench: error: {e}", file=sys.stderr)
+        return 2
+    from .report import plot, render, write_json
+
+    if budgets:
+        checks = check_sla(report, budgets)
+        report["sla"] = {"budgets": budgets, "checks": [c.to_dict() for c in checks],
+                         "ok": all(c.ok for c in checks), "summary": sla_summary(checks)}
+    if not args.quiet:
+        render(report)
+    if args.json:
+        print(f"JSON report: {write_json(report, args.json)}")
+    if args.plot:
+        print(f"plot: {plot(report, args.plot)}")
+    if budgets:
+        line = report["sla"]["summary"]
+        if not report["sla"]["ok"]:
+            print(f"zipvl-bench: {line}", file=sys.stderr)
+            return SLA_EXIT_CODE
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

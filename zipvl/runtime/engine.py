@@ -1,0 +1,202 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The engine runtime: load an engine directory, run vision -> prefill (per prompt) -> batched decode with the
+evicted per-layer KV cache and the every-``decode_interval`` re-selection, and report the reference's statistics."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..config import ZipVLConfig
+from ..errors import ZipVLInputError
+from ..reference.selection import probe_positions
+from ..reference.stats import ForwardStats, LayerStats, causal_attention_flops, probe_flops
+from .errors import EngineLimitError
+from .kv_cache import KVCache
+from .manifest import load_manifest
+from .multimodal import Prompt, prepare
+from .session import create_session
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PrefillResult:
+    """One prompt's prefill: logits (vocab,), per layer kept counts / indices (ascending) and compacted K/V."""
+
+    length: int
+    logits: np.ndarray
+    counts: list[int]
+    indices: list[np.ndarray]
+    keys: list[np.ndarray]  # (H_kv, n, d), first count valid
+    values: list[np.ndarray]
+    rope_delta: int = 0
+
+
+@dataclass
+class Generation:
+    """Result of :meth:`Engine.generate` for a batch of B prompts."""
+
+    tokens: np.ndarray  # (B, T) greedy tokens
+    logits: list[np.ndarray]  # T arrays (B, vocab): prefill's last logits, then one per decode step
+    prefills: list[PrefillResult]
+    prefill_stats: ForwardStats
+    decode_stats: list[ForwardStats] = field(default_factory=list)  # one per re-selection step
+    cache_lengths_prefill: list[list[int]] = field(default_factory=list)  # [layer][sequence]
+    cache_lengths: list[list[int]] = field(default_factory=list)  # after the last step
+    kv_bytes: int = 0  # valid K/V bytes held at the end
+
+
+class Engine:
+    """A built engine directory, ready to generate. ``verify``: check every file's sha256 on load."""
+
+    def __init__(self, engine_dir: str | Path, verify: bool = True, threads: int | None = None):
+        self.dir = Path(engine_dir)
+        self.manifest = load_manifest(self.dir, verify_hashes=verify)
+        self.desc = self.manifest["model"]
+        self.config = ZipVLConfig.from_dict(self.manifest["zipvl"])
+        self.limits = self.manifest["limits"]
+        graphs = self.manifest["graphs"]
+        plugin = self.manifest["ops"] == "plugin"
+        self.embed = create_session(self.dir / graphs["embed"], threads=threads)
+        self.vision = create_session(self.dir / graphs["vision"], threads=threads) if "vision" in graphs else None
+        self.prefill_session = create_session(self.dir / graphs["prefill"], plugin=plugin, threads=threads)
+        self.decode_session = create_session(self.dir / graphs["decode"], threads=threads)
+        extras = self.manifest.get("extras", {})
+        self.newline = np.load(self.dir / extras["image_newline"]) if "image_newline" in extras else None
+        self.num_layers = self.desc["num_layers"]
+        self._decode_outputs = [o.name for o in self.decode_session.get_outputs()]
+
+    # ---------------------------------------------------------------- prefill
+    def prefill(self, prompt: Prompt) -> PrefillResult:
+        """Sparse prefill of one prompt (no padding): vision, embedding merge, the prefill graph."""
+        n = len(prompt.input_ids)
+        if n < 1:
+            raise ZipVLInputError("empty prompt")
+        embeds, positions, delta = prepare(self.desc, self.embed, self.vision, prompt, self.newline)
+        probes = probe_positions(n, self.config).numpy().astype(np.int32)[None]
+        outs = self.prefill_session.run(None, {"inputs_embeds": embeds, "position_ids": positions, "probes": probes})
+        counts, indices, keys, values = [], [], [], []
+        for i in range(self.num_layers):
+            k, v, c, idx = outs[1 + 4 * i: 5 + 4 * i]
+            counts.append(int(c[0]))
+            indices.append(idx[0, : int(c[0])].astype(np.int64))
+            keys.append(k[0])
+            values.append(v[0])
+        return PrefillResult(n, outs[0][0], counts, indices, keys, values, delta)
+
+    # ---------------------------------------------------------------- generate
+    def check_request(self, prompts: list[Prompt], max_new_tokens: int) -> None:
+        if not prompts:
+            raise ZipVLInputError("no prompts given")
+        if len(prompts) > self.limits["max_batch"]:
+            raise EngineLimitError(f"batch of {len(prompts)} prompts exceeds the engine's max_batch of "
+                                   f"{self.limits['max_batch']}")
+        for i, p in enumerate(prompts):
+            total = len(p.input_ids) + max_new_tokens
+            if total > self.limits["max_sequence"]:
+                raise EngineLimitError(
+                    f"prompt {i} has {len(p.input_ids)} tokens; with {max_new_tokens} new tokens that is {total}, "
+                    f"beyond the engine's max_sequence of {self.limits['max_sequence']} (rebuild with a larger "
+                    f"--max-sequence or shorten the prompt)")
+
+    def generate(self, prompts: list[Prompt], max_new_tokens: int = 32, eos_token_id: int | None = None) -> Generation:
+        """Greedy generation for a batch of prompts of any lengths (prefilled one by one, decoded together).
+
+        ``eos_token_id``: finished rows keep decoding but their later tokens are replaced by it (None: no stop).
+        """
+        if max_new_tokens < 1:
+            raise ZipVLInputError("max_new_tokens must be >= 1")
+        self.check_request(prompts, max_new_tokens)
+        prefills = [self.prefill(p) for p in prompts]
+        b = len(prompts)
+        counts = [[pre.counts[i] for pre in prefills] for i in range(self.num_layers)]
+        cache = KVCache(counts, self.desc["num_kv_heads"], self.desc["head_dim"], max_new_tokens - 1,
+                        self.limits["kv_capacity"])
+        for i, layer in enumerate(cache.layers):
+            for r, pre in enumerate(prefills):
+                layer.fill(r, pre.keys[i], pre.values[i], pre.counts[i])
+        result = Generation(tokens=np.zeros((b, 0), dtype=np.int64), logits=[], prefills=prefills,
+                            prefill_stats=self._prefill_stats(prefills), cache_lengths_prefill=cache.lengths())
+        logits = np.stack([pre.logits for pre in prefills])
+        tokens = [logits.argmax(-1)]
+        result.logits.append(logits)
+        done = np.zeros(b, dtype=bool)
+        io = self._bind_cache(cache)
+        lengths = np.array([pre.length for pre in prefills], dtype=np.int64)
+        deltas = np.array([pre.rope_delta for pre in prefills], dtype=np.int64)
+        pending = 0
+        for t in range(max_new_tokens - 1):
+            if eos_token_id is not None:
+                done |= tokens[-1] == eos_token_id
+            outs = self._decode_step(io, tokens[-1], lengths + t + deltas)
+            logits = outs[0]
+            for i, layer in enumerate(cache.layers):
+                layer.append(outs[1 + 3 * i], outs[2 + 3 * i])
+            pending += 1
+            interval = self.config.decode_interval
+            if interval and pending >= interval:
+                result.decode_stats.append(self._reselect(cache, outs, pending))
+                pending = 0
+            nxt = logits.argmax(-1)
+            if eos_token_id is not None:
+                nxt = np.where(done, eos_token_id, nxt)
+            result.logits.append(logits)
+            tokens.append(nxt)
+        result.tokens = np.stack(tokens, axis=1)
+        result.cache_lengths = cache.lengths()
+        result.kv_bytes = cache.nbytes()
+        return result
+
+    def _bind_cache(self, cache: KVCache):
+        io = self.decode_session.io_binding()
+        for i, layer in enumerate(cache.layers):
+            io.bind_ortvalue_input(f"past.{i}.key", layer.ort_key)
+            io.bind_ortvalue_input(f"past.{i}.value", layer.ort_value)
+            io.bind_ortvalue_input(f"past.{i}.mask", layer.ort_mask)
+        for name in self._decode_outputs:
+            io.bind_output(name, "cpu")
+        return io
+
+    def _decode_step(self, io, tokens: np.ndarray, positions: np.ndarray) -> list[np.ndarray]:
+        embeds = self.embed.run(None, {"input_ids": tokens[:, None].astype(np.int64)})[0]
+        pos = positions[:, None].astype(np.int64)
+        if self.desc["mrope"]:
+            pos = np.ascontiguousarray(np.broadcast_to(pos[None], (3, *pos.shape)))
+        io.bind_cpu_input("inputs_embeds", embeds)
+        io.bind_cpu_input("position_ids", pos)
+        self.decode_session.run_with_iobinding(io)
+        # copy_outputs_to_cpu copies: OrtValue.numpy() may alias ORT's buffers, which the next run reuses.
+        return io.copy_outputs_to_cpu()
+
+    def _reselect(self, cache: KVCache, outs, window: int) -> ForwardStats:
+        stats = ForwardStats(phase="decode")
+        h, kv_entry = self.desc["num_heads"], 2 * self.desc["num_kv_heads"] * self.desc["head_dim"] * 4
+        for i, layer in enumerate(cache.layers):
+            before = kv_entry * int(layer.lengths.sum())
+            kept = layer.reselect(outs[3 + 3 * i], window, self.config.tau, h)
+            stats.layers.append(LayerStats(layer=i, phase="decode", mode="reselect", length=[window] * len(kept),
+                                           kept=kept, kv_bytes_before=before,
+                                           kv_bytes_after=kv_entry * int(layer.lengths.sum()),
+                                           cache_length=layer.lengths.tolist()))
+        return stats
+
+    def _prefill_stats(self, prefills: list[PrefillResult]) -> ForwardStats:
+        """The reference's per-layer statistics (zipvl.reference.stats) for the prefills."""
+        d = self.desc
+        h, hd, kv_entry = d["num_heads"], d["head_dim"], 2 * d["num_kv_heads"] * d["head_dim"] * 4
+        stats = ForwardStats(phase="prefill")
+        lengths = [p.length for p in prefills]
+        for i in range(self.num_layers):
+            kept = [p.counts[i] for p in prefills]
+            dense = i in self.config.dense_layers
+            probe = 0 if dense else sum(probe_flops(n, min(n, self.config.n_probes), h, hd) for n in lengths)
+            stats.layers.append(LayerStats(
+                layer=i, phase="prefill", mode="dense_layer" if dense else "sparse", length=list(lengths), kept=kept,
+                attn_flops_dense=sum(causal_attention_flops(n, h, hd) for n in lengths),
+                attn_flops_zipvl=sum(causal_attention_flops(p, h, hd) for p in kept) + probe, probe_flops=probe,
+                kv_bytes_before=kv_entry * sum(lengths), kv_bytes_after=kv_entry * sum(kept), cache_length=kept))
+        return stats

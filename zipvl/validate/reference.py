@@ -1,0 +1,105 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The PyTorch side of validation: ``zipvl.enable`` on the HF model, greedy ``generate`` on the engine's prompts
+(left-padded into one batch, as the reference supports), with a recording policy that keeps the reference's own
+kept sets (what :func:`zipvl.select_tokens` chose for each layer and row)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..config import ZipVLConfig
+from ..reference.apply import disable, enable
+from ..reference.cache import ZipVLCache
+from ..reference.policy import ZipVLPolicy
+from ..runtime.multimodal import Prompt
+
+
+class RecordingPolicy(ZipVLPolicy):
+    """ZipVLPolicy that records each selection's kept positions: ``records[layer]`` lists (n_row,) arrays in call
+    order (one call per row when the batch is padded, one call for the batch otherwise)."""
+
+    def __init__(self, config: ZipVLConfig):
+        super().__init__(config)
+        self.records: dict[int, list[np.ndarray]] = {}
+
+    def select(self, query, key, scaling, ctx):
+        sel = super().select(query, key, scaling, ctx)
+        for row in sel.kept:
+            self.records.setdefault(ctx.layer_idx, []).append(row.nonzero().squeeze(-1).numpy())
+        return sel
+
+
+@dataclass
+class ReferenceRun:
+    tokens: np.ndarray  # (B, T)
+    logits: list[np.ndarray]  # T x (B, vocab)
+    kept: list[list[np.ndarray]]  # [layer][row] ascending kept positions (in the unpadded prompt)
+    prefill_counts: list[list[int]]  # [layer][row]
+    cache_lengths: list[list[int]]  # [layer][row] after generation
+    prefill_stats: object
+
+
+def batch_inputs(model, prompts: list[Prompt], desc: dict) -> dict:
+    """Left-padded model kwargs for the prompts."""
+    pad = desc.get("pad_token_id")
+    pad = 0 if pad is None else int(pad)
+    n = max(len(p.input_ids) for p in prompts)
+    ids = torch.full((len(prompts), n), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, p in enumerate(prompts):
+        ids[r, n - len(p.input_ids):] = torch.from_numpy(p.input_ids)
+        mask[r, n - len(p.input_ids):] = 1
+    kw = {"input_ids": ids, "attention_mask": mask}
+    with_px = [p for p in prompts if p.pixel_values is not None]
+    if not with_px:
+        return kw
+    kind = desc["type"]
+    if kind == "llava":
+        kw["pixel_values"] = torch.cat([torch.from_numpy(np.asarray(p.pixel_values)).reshape(-1, *np.shape(
+            p.pixel_values)[-3:]) for p in with_px])
+    elif kind == "llava_next":
+        crops = max(np.shape(p.pixel_values)[1] for p in with_px)
+        px = []
+        for p in with_px:
+            x = torch.from_numpy(np.asarray(p.pixel_values))
+            px.append(torch.nn.functional.pad(x, (0, 0, 0, 0, 0, 0, 0, crops - x.shape[1])))
+        kw["pixel_values"] = torch.cat(px)
+        kw["image_sizes"] = torch.cat([torch.from_numpy(np.asarray(p.image_sizes)).reshape(-1, 2) for p in with_px])
+    elif kind == "qwen2_vl":
+        kw["pixel_values"] = torch.cat([torch.from_numpy(np.asarray(p.pixel_values)) for p in with_px])
+        kw["image_grid_thw"] = torch.cat([torch.from_numpy(np.asarray(p.image_grid_thw)).reshape(-1, 3)
+                                          for p in with_px])
+        kw["mm_token_type_ids"] = (ids == desc["image_token_id"]).long()
+    return kw
+
+
+@torch.no_grad()
+def run_reference(model, prompts: list[Prompt], desc: dict, config: ZipVLConfig, max_new_tokens: int) -> ReferenceRun:
+    """Greedy reference generation with ZipVL enabled (EOS ignored, so both sides make the same number of steps)."""
+    from transformers import GenerationConfig
+
+    policy = RecordingPolicy(config)
+    state = enable(model, policy=policy)
+    try:
+        cache = ZipVLCache()
+        gen = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=None,
+                               pad_token_id=desc.get("pad_token_id") or 0)
+        out = model.generate(**batch_inputs(model, prompts, desc), generation_config=gen, past_key_values=cache,
+                             output_logits=True, return_dict_in_generate=True)
+    finally:
+        disable(model)
+    b = len(prompts)
+    n_in = out.sequences.shape[1] - len(out.logits)
+    kept = []
+    for layer in range(desc["num_layers"]):
+        rows = policy.records.get(layer)
+        if rows is None:  # dense layer: the reference keeps every valid token
+            rows = [np.arange(len(p.input_ids)) for p in prompts]
+        kept.append(rows[-b:])
+    counts = [list(s.kept) for s in sorted(state.prefill_stats.layers, key=lambda s: s.layer)]
+    return ReferenceRun(tokens=out.sequences[:, n_in:].numpy(), logits=[x.float().numpy() for x in out.logits],
+                        kept=kept, prefill_counts=counts, cache_lengths=cache.physical_lengths(),
+                        prefill_stats=state.prefill_stats)
