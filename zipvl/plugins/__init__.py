@@ -7,6 +7,7 @@
 - :mod:`.ort_ops` registers the ops with onnxruntime-extensions so ONNX Runtime runs plugin-lowered graphs.
 - :mod:`.cuda_ops` runs the CUDA kernels on torch CUDA tensors, without TensorRT.
 - :mod:`.tensorrt_build` builds a TensorRT (or TensorRT-RTX) engine from a plugin-lowered ONNX graph.
+- :mod:`.onnx_graph` builds the one-layer plugin graph (the node contract, with onnx.helper).
 
 Importing this package loads nothing; every library is loaded on first use.
 """
@@ -21,8 +22,8 @@ SPARSE_ATTENTION = "ZipVLSparseAttention"
 __all__ = [
     "OP_DOMAIN",
     "OP_VERSION",
-    "TOKEN_SELECT",
     "SPARSE_ATTENTION",
+    "TOKEN_SELECT",
     "PluginLibraryError",
     "build_libraries",
     "library_path",

@@ -97,7 +97,7 @@ def build_libraries(
         cmd += ["--target", TARGETS[kind]]
     with open(out / ".build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one build per folder at a time
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     if proc.returncode != 0:
         log = (proc.stdout + proc.stderr)[-4000:]
         raise PluginLibraryError(f"building {', '.join(kinds)} failed ({' '.join(cmd)}):\n{log}")

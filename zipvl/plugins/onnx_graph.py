@@ -26,9 +26,9 @@ def plugin_nodes(prefix: str, num_heads: int, num_kv_heads: int, head_dim: int, 
     """The two plugin nodes of one layer, every attribute explicit (the contract has no defaults)."""
     from onnx import helper
 
-    common = dict(domain=PLUGIN_DOMAIN, plugin_version=PLUGIN_VERSION, plugin_namespace=PLUGIN_DOMAIN,
-                  scaling=float(scaling), num_heads=int(num_heads), num_kv_heads=int(num_kv_heads),
-                  head_dim=int(head_dim))
+    common = {"domain": PLUGIN_DOMAIN, "plugin_version": PLUGIN_VERSION, "plugin_namespace": PLUGIN_DOMAIN,
+              "scaling": float(scaling), "num_heads": int(num_heads), "num_kv_heads": int(num_kv_heads),
+              "head_dim": int(head_dim)}
     select = helper.make_node(
         "ZipVLTokenSelect", [query, key, probes],
         [f"{prefix}kept_indices", f"{prefix}kept_count", f"{prefix}mass"],
