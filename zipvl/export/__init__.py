@@ -6,4 +6,4 @@
 
 from .build import OPS, build_engine, load_model
 
-__all__ = ["build_engine", "load_model", "OPS"]
+__all__ = ["OPS", "build_engine", "load_model"]

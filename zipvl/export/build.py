@@ -71,6 +71,8 @@ def build_engine(model, out_dir: str | Path, ops: str = "standard", config: ZipV
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     desc = describe(model)
+    if config.min_length > 0:
+        raise ZipVLInputError("engines do not implement the min_length dense fallback yet; build with min_length=0")
     bad = [i for i in config.dense_layers if i >= desc["num_layers"]]
     if bad:
         raise ZipVLInputError(f"dense_layers {bad} out of range: the model has {desc['num_layers']} layers")
@@ -107,7 +109,7 @@ def build_engine(model, out_dir: str | Path, ops: str = "standard", config: ZipV
                    "prefill_batch": 1},
         "graphs": {n: f"{n}.onnx" for n in order},
         "extras": {Path(rel).stem: rel for rel in extra if rel.endswith(".npy")},
-        "processor": "processor" if source_dir is not None and (out_dir / "processor").is_dir() else None,
+        "processor": "processor" if any(f"processor/{n}" in extra for n in PROCESSOR_FILES[:5]) else None,
         "files": files,
         "build": {"seconds": round(time.perf_counter() - t0, 2), "graph_seconds": timings,
                   "reused": sorted(reused), "torch": torch.__version__, "transformers": _version("transformers"),

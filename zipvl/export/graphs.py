@@ -30,7 +30,7 @@ def export_graph(name: str, model, desc: dict, config: ZipVLConfig, ops: str, pa
     fn = {"embed": _embed, "vision": _vision, "prefill": _prefill, "decode": _decode}[name]
     module, args, dynamic, inputs, outputs, table = fn(model, desc, config, ops)
     with torch.no_grad(), _attention(model, name):
-        torch.onnx.export(module, args, str(path), dynamo=True, dynamic_shapes=dynamic, input_names=inputs,
+        torch.onnx.export(module.eval(), args, str(path), dynamo=True, dynamic_shapes=dynamic, input_names=inputs,
                           output_names=outputs, custom_translation_table=table, external_data=True, optimize=True,
                           verbose=False)
 

@@ -58,8 +58,8 @@ def register_schemas() -> None:
 def plugin_prefill_attention(query, key, value, probes, tau: float, scaling: float, num_heads: int,
                              num_kv_heads: int, head_dim: int):
     """Plugin-node translation of :func:`zipvl.export.ops.prefill_attention` (any batch)."""
-    common = dict(scaling=float(scaling), num_heads=int(num_heads), num_kv_heads=int(num_kv_heads),
-                  head_dim=int(head_dim), plugin_version=PLUGIN_VERSION, plugin_namespace=PLUGIN_NAMESPACE)
+    common = {"scaling": float(scaling), "num_heads": int(num_heads), "num_kv_heads": int(num_kv_heads),
+              "head_dim": int(head_dim), "plugin_version": PLUGIN_VERSION, "plugin_namespace": PLUGIN_NAMESPACE}
     kept, count, _mass = ZIPVL.ZipVLTokenSelect(query, key, probes, tau=float(tau), **common)
     out, key_compact, value_compact = ZIPVL.ZipVLSparseAttention(query, key, value, kept, count, **common)
     return out, kept, count, key_compact, value_compact

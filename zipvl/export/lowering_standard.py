@@ -43,7 +43,7 @@ def standard_prefill_attention(query, key, value, probes, tau: float, scaling: f
     pr = op.Cast(op.Squeeze(probes, zero), to=onnx.TensorProto.INT64)  # (m,)
     n = op.Shape(k, start=1, end=2)  # (1,)
     m = op.Shape(pr)  # (1,)
-    n_s, m_s = op.Squeeze(n, zero), op.Squeeze(m, zero)
+    n_s = op.Squeeze(n, zero)
     pos = op.Range(op.Constant(value_int=0), n_s, op.Constant(value_int=1))  # (n,)
 
     # Steps 2-3: probe attention (H_kv, g, m, n) in fp32, GQA folded into the probe rows, summed to the mass.

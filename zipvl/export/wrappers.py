@@ -64,6 +64,8 @@ def describe(model) -> dict:
     elif kind == "qwen2_vl":
         vc = cfg.vision_config
         desc["image_token_id"] = cfg.image_token_id
+        desc["vision_start_token_id"] = cfg.vision_start_token_id
+        desc["vision_end_token_id"] = cfg.vision_end_token_id
         desc["vision"] = {"patch_size": vc.patch_size, "temporal_patch_size": vc.temporal_patch_size,
                           "spatial_merge_size": vc.spatial_merge_size, "in_channels": vc.in_channels}
     return desc

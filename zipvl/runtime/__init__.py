@@ -11,5 +11,16 @@ from .errors import EngineError, EngineFileError, EngineLimitError, EngineVersio
 from .manifest import FORMAT_VERSION, load_manifest
 from .multimodal import Prompt
 
-__all__ = ["Engine", "Generation", "PrefillResult", "Prompt", "load_manifest", "FORMAT_VERSION", "EngineError",
-           "ManifestError", "EngineVersionError", "EngineFileError", "EngineLimitError"]
+__all__ = [
+           "FORMAT_VERSION",
+           "Engine",
+           "EngineError",
+           "EngineFileError",
+           "EngineLimitError",
+           "EngineVersionError",
+           "Generation",
+           "ManifestError",
+           "PrefillResult",
+           "Prompt",
+           "load_manifest",
+]

@@ -51,13 +51,21 @@ class Generation:
 
 
 class Engine:
-    """A built engine directory, ready to generate. ``verify``: check every file's sha256 on load."""
+    """A built engine directory, ready to generate. ``verify``: check every file's sha256 on load.
 
-    def __init__(self, engine_dir: str | Path, verify: bool = True, threads: int | None = None):
+    ``decode_interval`` overrides the built config's: decode-time re-selection runs in the runtime, so it needs no
+    rebuild (tau, probes and dense layers are baked into the prefill graph and are not overridable).
+    """
+
+    def __init__(self, engine_dir: str | Path, verify: bool = True, threads: int | None = None,
+                 decode_interval: int | None = None):
         self.dir = Path(engine_dir)
         self.manifest = load_manifest(self.dir, verify_hashes=verify)
         self.desc = self.manifest["model"]
-        self.config = ZipVLConfig.from_dict(self.manifest["zipvl"])
+        config = dict(self.manifest["zipvl"])
+        if decode_interval is not None:
+            config["decode_interval"] = decode_interval
+        self.config = ZipVLConfig.from_dict(config)
         self.limits = self.manifest["limits"]
         graphs = self.manifest["graphs"]
         plugin = self.manifest["ops"] == "plugin"

@@ -37,8 +37,8 @@ def image_features(desc: dict, vision, prompt: Prompt, newline: np.ndarray | Non
     if kind == "llava_next":
         return _llava_next(desc, vision, px, np.asarray(prompt.image_sizes), newline)
     if kind == "qwen2_vl":
-        from transformers.vision_utils import get_vision_position_ids
         import torch
+        from transformers.vision_utils import get_vision_position_ids
 
         grids = np.asarray(prompt.image_grid_thw, dtype=np.int64).reshape(-1, 3)
         merge, out, start = desc["vision"]["spatial_merge_size"], [], 0
@@ -52,8 +52,11 @@ def image_features(desc: dict, vision, prompt: Prompt, newline: np.ndarray | Non
 
 
 def _llava_next(desc, vision, px, image_sizes, newline):
-    from transformers.models.llava_next.modeling_llava_next import (get_anyres_image_grid_shape,
-                                                                   image_size_to_num_patches, unpad_image)
+    from transformers.models.llava_next.modeling_llava_next import (
+        get_anyres_image_grid_shape,
+        image_size_to_num_patches,
+        unpad_image,
+    )
 
     v = desc["vision"]
     size, pinpoints = v["image_size"], v["image_grid_pinpoints"]

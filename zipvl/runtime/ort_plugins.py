@@ -21,33 +21,37 @@ ORT_DOMAIN = "ai.onnx.contrib"
 _FALLBACK_REGISTERED = False
 
 
+def _theirs():
+    try:
+        from ..plugins import ort_ops
+    except ImportError:
+        return None
+    return ort_ops if all(hasattr(ort_ops, n) for n in ("register", "to_ort_domain", "CheckedSession")) else None
+
+
+def implementation() -> str:
+    """Which implementation runs the plugin nodes in this process."""
+    return "zipvl.plugins.ort_ops" if _theirs() is not None else "zipvl.runtime.ort_plugins (reference fallback)"
+
+
 def register(session_options) -> str:
     """Register the plugin ops' implementation on ``session_options``; returns which implementation is used."""
-    try:
-        from ..plugins import ort_ops  # type: ignore[attr-defined]
-    except ImportError:
-        ort_ops = None
-    if ort_ops is not None:
-        for name in ("register", "register_ort_ops", "register_custom_ops"):
-            fn = getattr(ort_ops, name, None)
-            if callable(fn):
-                fn(session_options)
-                return "zipvl.plugins.ort_ops"
-    _register_fallback()
     from onnxruntime_extensions import get_library_path
 
+    ort_ops = _theirs()
+    if ort_ops is not None:
+        ort_ops.register()
+    else:
+        _register_fallback()
     session_options.register_custom_ops_library(get_library_path())
-    return "zipvl.runtime.ort_plugins (reference fallback)"
+    return implementation()
 
 
 def to_ort_domain(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Rename the "zipvl" domain to extensions' domain (in place), unless the plugins package provides its own."""
-    try:
-        from ..plugins.ort_ops import to_ort_domain as theirs  # type: ignore[attr-defined]
-    except ImportError:
-        theirs = None
-    if theirs is not None:
-        return theirs(model) or model
+    """The model with its "zipvl" nodes moved to extensions' domain (the engine file is never modified)."""
+    ort_ops = _theirs()
+    if ort_ops is not None:
+        return ort_ops.to_ort_domain(model)
     for node in model.graph.node:
         if node.domain == "zipvl":
             node.domain = ORT_DOMAIN
@@ -55,6 +59,13 @@ def to_ort_domain(model: onnx.ModelProto) -> onnx.ModelProto:
         if entry.domain == "zipvl":
             entry.domain = ORT_DOMAIN
     return model
+
+
+def wrap(session):
+    """The plugins package's CheckedSession turns errors its ops record into ZipVLInputError (an exception
+    raised inside an extensions op would abort the process)."""
+    ort_ops = _theirs()
+    return ort_ops.CheckedSession(session) if ort_ops is not None else session
 
 
 def _scaling(attrs: dict) -> float:

@@ -23,4 +23,4 @@ def create_session(path: Path, plugin: bool = False, threads: int | None = None)
     model = ort_plugins.to_ort_domain(onnx.load(str(path), load_external_data=False))
     # The model goes in as bytes: tell ORT where its external weights live.
     so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(path.parent))
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return ort_plugins.wrap(ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]))

@@ -14,22 +14,39 @@ from ..config import ZipVLConfig
 from ..reference.apply import disable, enable
 from ..reference.cache import ZipVLCache
 from ..reference.policy import ZipVLPolicy
+from ..reference.selection import Selection
 from ..runtime.multimodal import Prompt
 
 
 class RecordingPolicy(ZipVLPolicy):
-    """ZipVLPolicy that records each selection's kept positions: ``records[layer]`` lists (n_row,) arrays in call
-    order (one call per row when the batch is padded, one call for the batch otherwise)."""
+    """ZipVLPolicy that records each selection's kept positions and scores: ``records[layer]`` / ``scores[layer]``
+    list one (n_row,) array per row, in call order (one call per row when the batch is padded, one call for the
+    batch otherwise).
 
-    def __init__(self, config: ZipVLConfig):
+    ``forced[layer]`` (optional, rows in the same order): use these kept positions instead of the reference's own
+    choice, while still recording the reference's own choice on the same inputs. Validation uses it to follow the
+    engine's path after an fp32 near-tie, so every later layer is still checked against the reference.
+    """
+
+    def __init__(self, config: ZipVLConfig, forced: dict[int, list[np.ndarray]] | None = None):
         super().__init__(config)
         self.records: dict[int, list[np.ndarray]] = {}
+        self.scores: dict[int, list[np.ndarray]] = {}
+        self.forced = forced
 
     def select(self, query, key, scaling, ctx):
         sel = super().select(query, key, scaling, ctx)
-        for row in sel.kept:
-            self.records.setdefault(ctx.layer_idx, []).append(row.nonzero().squeeze(-1).numpy())
-        return sel
+        i = ctx.layer_idx
+        start = len(self.records.get(i, []))
+        for row, score in zip(sel.kept, sel.score):
+            self.records.setdefault(i, []).append(row.nonzero().squeeze(-1).numpy())
+            self.scores.setdefault(i, []).append(score.double().numpy())
+        if self.forced is None or i not in self.forced:
+            return sel
+        kept = torch.zeros_like(sel.kept)
+        for r in range(kept.shape[0]):
+            kept[r, torch.from_numpy(np.asarray(self.forced[i][start + r], dtype=np.int64))] = True
+        return Selection(kept=kept, count=kept.sum(-1), mass=sel.mass, score=sel.score, probes=sel.probes)
 
 
 @dataclass
@@ -37,6 +54,7 @@ class ReferenceRun:
     tokens: np.ndarray  # (B, T)
     logits: list[np.ndarray]  # T x (B, vocab)
     kept: list[list[np.ndarray]]  # [layer][row] ascending kept positions (in the unpadded prompt)
+    scores: list[list[np.ndarray | None]]  # [layer][row] the reference's normalised scores (None: dense layer)
     prefill_counts: list[list[int]]  # [layer][row]
     cache_lengths: list[list[int]]  # [layer][row] after generation
     prefill_stats: object
@@ -77,29 +95,35 @@ def batch_inputs(model, prompts: list[Prompt], desc: dict) -> dict:
 
 
 @torch.no_grad()
-def run_reference(model, prompts: list[Prompt], desc: dict, config: ZipVLConfig, max_new_tokens: int) -> ReferenceRun:
-    """Greedy reference generation with ZipVL enabled (EOS ignored, so both sides make the same number of steps)."""
+def run_reference(model, prompts: list[Prompt], desc: dict, config: ZipVLConfig, max_new_tokens: int,
+                  forced: dict[int, list[np.ndarray]] | None = None) -> ReferenceRun:
+    """Greedy reference generation with ZipVL enabled (EOS ignored, so both sides make the same number of steps).
+    ``forced``: see :class:`RecordingPolicy`."""
     from transformers import GenerationConfig
 
-    policy = RecordingPolicy(config)
+    policy = RecordingPolicy(config, forced)
     state = enable(model, policy=policy)
+    saved_eos = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = None  # generate would otherwise merge the model's EOS back in
     try:
         cache = ZipVLCache()
         gen = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=None,
-                               pad_token_id=desc.get("pad_token_id") or 0)
-        out = model.generate(**batch_inputs(model, prompts, desc), generation_config=gen, past_key_values=cache,
-                             output_logits=True, return_dict_in_generate=True)
+                               pad_token_id=desc.get("pad_token_id") or 0, output_logits=True,
+                               return_dict_in_generate=True)
+        out = model.generate(**batch_inputs(model, prompts, desc), generation_config=gen, past_key_values=cache)
     finally:
+        model.generation_config.eos_token_id = saved_eos
         disable(model)
     b = len(prompts)
     n_in = out.sequences.shape[1] - len(out.logits)
-    kept = []
+    kept, scores = [], []
     for layer in range(desc["num_layers"]):
         rows = policy.records.get(layer)
         if rows is None:  # dense layer: the reference keeps every valid token
             rows = [np.arange(len(p.input_ids)) for p in prompts]
         kept.append(rows[-b:])
+        scores.append(policy.scores.get(layer, [None] * b)[-b:])
     counts = [list(s.kept) for s in sorted(state.prefill_stats.layers, key=lambda s: s.layer)]
     return ReferenceRun(tokens=out.sequences[:, n_in:].numpy(), logits=[x.float().numpy() for x in out.logits],
-                        kept=kept, prefill_counts=counts, cache_lengths=cache.physical_lengths(),
+                        kept=kept, scores=scores, prefill_counts=counts, cache_lengths=cache.physical_lengths(),
                         prefill_stats=state.prefill_stats)
