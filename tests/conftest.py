@@ -4,9 +4,10 @@ import os
 import pytest
 import torch
 
-# Deterministic, and no surprise thread oversubscription on the 2-core CI box.
+# Deterministic; one intra-op thread by default (tiny models gain nothing from more, and a loaded 2-core box
+# slows down badly when oversubscribed). ZIPVL_TEST_THREADS overrides.
 torch.manual_seed(0)
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(int(os.environ.get("ZIPVL_TEST_THREADS", "1")))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import ZipVLError, ZipVLInputError
 
-SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "hubble_deep_field")
+SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "retina")
 
 
 def load_image(source: str | Path):

@@ -60,19 +60,20 @@ def _prefill(module, state, layer: ZipVLLayer | None, query, key, value, attenti
         kept = torch.ones(b, n, dtype=torch.bool, device=query.device) if valid is None else valid
         counts, probe_cost = lengths, 0
     else:
-        mode = "sparse"
+        mode = "sparse" if policy.sparse_prefill else "evict_only"
         kept, out, counts, probe_cost = _select_and_attend(policy, state, idx, query, key, value, valid, scaling)
     if layer is not None:
         with state.timer.section("evict", query.device):
             layer.keep(kept)
         layer.prefilled = True
         layer.pending = 0
+    sparse = mode == "sparse"  # evict-only policies (H2O/SnapKV-style) still pay dense prefill attention
     kv_entry = 2 * h_kv * d * key.element_size()
     state.record(
         LayerStats(
             layer=idx, phase="prefill", mode=mode, length=lengths, kept=counts,
             attn_flops_dense=sum(causal_attention_flops(x, h, d) for x in lengths),
-            attn_flops_zipvl=sum(causal_attention_flops(p, h, d) for p in counts) + probe_cost,
+            attn_flops_zipvl=sum(causal_attention_flops(p, h, d) for p in (counts if sparse else lengths)) + probe_cost,
             probe_flops=probe_cost,
             kv_bytes_before=kv_entry * sum(lengths), kv_bytes_after=kv_entry * sum(counts),
             cache_length=layer.lengths() if layer is not None else list(counts),

@@ -22,8 +22,8 @@ def probe_flops(n: int, m: int, num_heads: int, head_dim: int) -> int:
 class LayerStats:
     """What one layer did in one forward, per sequence of the batch.
 
-    ``mode``: "sparse" (ZipVL selection ran), "dense_layer" (listed in dense_layers), "short" (below min_length),
-    "decode" (decode step, possibly with re-selection).
+    ``mode``: "sparse" (selection + sparse attention), "evict_only" (dense prefill, the selection only evicts),
+    "dense_layer" (listed in dense_layers), "short" (below min_length), "reselect" (decode-time re-selection).
     """
 
     layer: int
