@@ -64,6 +64,7 @@ class Backend:
     name = "base"
     device = torch.device("cpu")
     sections_free = False  # True: the section timer costs nothing (no syncs), so timed runs can carry it
+    has_sections = True  # False: no time breakdown on this backend
 
     def describe(self) -> dict:
         raise NotImplementedError
@@ -72,8 +73,8 @@ class Backend:
         """One prefill of ``ids`` (1, n), ``use_cache=True``, logits for the last token only."""
         raise NotImplementedError
 
-    def decode(self, cache, token: torch.Tensor, steps: int, sparse: bool) -> list[float]:
-        """``steps`` greedy decode steps from ``token`` (B, 1) on ``cache`` (modified); seconds of each step."""
+    def decode_step(self, cache, token: torch.Tensor, sparse: bool) -> tuple[float, torch.Tensor]:
+        """One greedy decode step of ``token`` (B, 1) on ``cache`` (appended to) -> (seconds, next token (B, 1))."""
         raise NotImplementedError
 
     def replicate(self, cache, batch: int):
@@ -158,20 +159,16 @@ class TorchBackend(Backend):
         return PrefillRun(seconds, cache, token, stats, dict(timer.seconds) if timer else {})
 
     @torch.no_grad()
-    def decode(self, cache, token, steps, sparse):
+    def decode_step(self, cache, token, sparse):
         if sparse:
             enable(self.model, policy=self.policy)
-        times, token = [], token.to(self.device)
         try:
-            for _ in range(steps):
-                seconds, out = self.clock.time(
-                    lambda: self.model(input_ids=token, past_key_values=cache, use_cache=True).logits[:, -1:])
-                token = out.argmax(-1)
-                times.append(seconds)
+            seconds, logits = self.clock.time(
+                lambda: self.model(input_ids=token.to(self.device), past_key_values=cache, use_cache=True).logits)
         finally:
             if sparse:
                 disable(self.model)
-        return times
+        return seconds, logits[:, -1:].argmax(-1)
 
     def replicate(self, cache, batch):
         out = copy.deepcopy(cache)
@@ -181,31 +178,120 @@ class TorchBackend(Backend):
 
 
 class OnnxRuntimeBackend(Backend):
-    """The exported ONNX engine run by ONNX Runtime through :mod:`zipvl.runtime` (imported lazily)."""
+    """The exported engine run by ONNX Runtime through :mod:`zipvl.runtime` (imported lazily), on CPU.
+
+    ZipVL = the engine directory (``--engine``); dense = the same model built with every layer dense
+    (``--dense-engine``: ``zipvl-build MODEL -o DENSE --reuse ENGINE --dense-layers 0 1 ... L-1``), so both run the
+    same graphs and session options. No section timer inside ONNX Runtime: the breakdown is not available.
+    """
 
     name = "onnxruntime"
+    has_sections = False
+    decode_headroom = 256  # decode tokens a replicated cache has room for
 
-    def __init__(self, engine_dir: str | None, **_):
+    def __init__(self, engine_dir: str | None, dense_engine_dir: str | None = None, threads: int | None = None):
         try:
             runtime = importlib.import_module("zipvl.runtime")
+            from ..reference.stats import ForwardStats, LayerStats
         except ImportError as e:
-            raise BackendUnavailableError(f"the onnxruntime backend needs zipvl.runtime, which failed to import: {e}")
-        loader = getattr(runtime, "load_engine", None)
-        if loader is None:
-            # TODO(bench): wire once zipvl.runtime exposes an engine API (load, prefill, decode, cache bytes).
+            raise BackendUnavailableError(f"the onnxruntime backend needs zipvl.runtime (and onnxruntime), which "
+                                          f"failed to import: {e}") from e
+        if getattr(runtime, "Engine", None) is None:
+            raise BackendUnavailableError("the onnxruntime backend needs zipvl.runtime.Engine, which this zipvl does "
+                                          "not have; use --backend torch")
+        if not engine_dir or not dense_engine_dir:
             raise BackendUnavailableError(
-                "the onnxruntime backend needs zipvl.runtime.load_engine (the ONNX Runtime engine API), which this "
-                "zipvl does not have yet; use --backend torch")
-        if not engine_dir:
-            raise BackendUnavailableError("the onnxruntime backend needs --engine DIR (built with zipvl-build)")
-        raise BackendUnavailableError("zipvl.runtime.load_engine exists but the bench adapter is not written yet")
+                "the onnxruntime backend needs --engine DIR (the ZipVL engine, built with zipvl-build) and "
+                "--dense-engine DIR (the same model with every layer dense: zipvl-build MODEL -o DIR --reuse ENGINE "
+                "--dense-layers 0 1 ... L-1)")
+        self._rt, self._stats_cls = runtime, (ForwardStats, LayerStats)
+        self.engines = {True: runtime.Engine(engine_dir, threads=threads),
+                        False: runtime.Engine(dense_engine_dir, threads=threads)}
+        self.clock = make_clock("cpu")
+        self.device = torch.device("cpu")
+        self.sections_free = False
+        desc = self.engines[True].desc
+        self._kv_entry = 2 * desc["num_kv_heads"] * desc["head_dim"] * 4  # the runtime's cache is float32
+        self._dirs = (engine_dir, dense_engine_dir)
+
+    def describe(self) -> dict:
+        import onnxruntime as ort
+
+        info = _device_description(self.device)
+        info.update(backend="onnxruntime-cpu", clock=self.clock.kind, onnxruntime=ort.__version__,
+                    engine=str(self._dirs[0]), dense_engine=str(self._dirs[1]),
+                    ops=self.engines[True].manifest.get("ops"))
+        return info
+
+    def weight_bytes(self) -> int:
+        # Files of the ZipVL engine (graphs + external weights): what one engine holds in memory, approximately.
+        return sum(int(f.get("bytes", 0)) for f in self.engines[True].manifest["files"].values())
+
+    def _stats(self, engine, pre):
+        forward_stats, layer_stats = self._stats_cls
+        stats = forward_stats(phase="prefill")
+        for i, count in enumerate(pre.counts):
+            mode = "dense_layer" if i in engine.config.dense_layers else "sparse"
+            stats.layers.append(layer_stats(layer=i, phase="prefill", mode=mode, length=[pre.length], kept=[count],
+                                            kv_bytes_before=self._kv_entry * pre.length,
+                                            kv_bytes_after=self._kv_entry * count, cache_length=[count]))
+        return stats
+
+    def prefill(self, ids, sparse, sections=False):
+        engine = self.engines[bool(sparse)]
+        prompt = self._rt.Prompt(ids[0].cpu().numpy().astype("int64"))
+        seconds, pre = self.clock.time(lambda: engine.prefill(prompt))
+        token = torch.tensor([[int(pre.logits.argmax())]])
+        return PrefillRun(seconds, _OrtState(engine, pre), token, self._stats(engine, pre) if sparse else None)
+
+    def replicate(self, cache, batch):
+        # TODO(runtime): a public Engine.decode_state / decode_step API; this adapter uses Engine._bind_cache and
+        # Engine._decode_step (the same calls Engine.generate makes) to time single steps.
+        from ..runtime.kv_cache import KVCache
+
+        engine, pre = cache.engine, cache.prefill
+        counts = [[c] * batch for c in pre.counts]
+        kv = KVCache(counts, engine.desc["num_kv_heads"], engine.desc["head_dim"], self.decode_headroom,
+                     engine.limits["kv_capacity"])
+        for i, layer in enumerate(kv.layers):
+            for r in range(batch):
+                layer.fill(r, pre.keys[i], pre.values[i], pre.counts[i])
+        state = _OrtState(engine, pre, kv, engine._bind_cache(kv))
+        state.positions = torch.full((batch,), pre.length + pre.rope_delta).numpy()
+        return state
+
+    def decode_step(self, cache, token, sparse):
+        engine = cache.engine
+        tokens = token[:, 0].cpu().numpy().astype("int64")
+        seconds, outs = self.clock.time(lambda: engine._decode_step(cache.io, tokens, cache.positions))
+        for i, layer in enumerate(cache.kv.layers):
+            layer.append(outs[1 + 3 * i], outs[2 + 3 * i])
+        cache.positions = cache.positions + 1
+        return seconds, torch.from_numpy(outs[0].argmax(-1)).reshape(-1, 1)
+
+    def kv_bytes(self, cache) -> int:
+        if cache.kv is not None:
+            return cache.kv.nbytes()
+        return self._kv_entry * sum(cache.prefill.counts)
+
+
+@dataclass
+class _OrtState:
+    """The ORT backend's "cache": a prefill result, and for decoding the runtime's KV cache and its IO binding."""
+
+    engine: object
+    prefill: object
+    kv: object = None
+    io: object = None
+    positions: object = None
 
 
 def make_backend(name: str, model=None, policy: TokenPolicy | None = None, device="cpu",
-                 engine_dir: str | None = None) -> Backend:
-    """Backend by name: "torch" (``device`` cpu/cuda) or "onnxruntime" (``engine_dir``)."""
+                 engine_dir: str | None = None, dense_engine_dir: str | None = None,
+                 threads: int | None = None) -> Backend:
+    """Backend by name: "torch" (``device`` cpu/cuda) or "onnxruntime" (``engine_dir`` + ``dense_engine_dir``)."""
     if name == "torch":
         return TorchBackend(model, policy, device)
     if name == "onnxruntime":
-        return OnnxRuntimeBackend(engine_dir)
+        return OnnxRuntimeBackend(engine_dir, dense_engine_dir, threads)
     raise ZipVLError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")

@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="cpu", help="cpu or cuda[:i] (torch backend)")
     r.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                    help="default float32 on CPU, bfloat16 on CUDA")
-    r.add_argument("--engine", help="engine folder (onnxruntime backend)")
+    r.add_argument("--engine", help="ZipVL engine folder (onnxruntime backend; built with zipvl-build)")
+    r.add_argument("--dense-engine", help="the same model built with every layer dense (onnxruntime baseline)")
     r.add_argument("--threads", type=int, help="torch CPU threads")
     s = p.add_argument_group("sweeps")
     s.add_argument("--lengths", type=_ints, help="prefill lengths (default CPU 2k,4k,8k; GPU 2k..128k)")
@@ -74,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         budgets = parse_sla(args.sla) if args.sla else None
         cfg = BenchConfig(
             model=args.model, layers=args.layers, kept_ratio=args.kept_ratio, tau=args.tau, backend=args.backend,
-            device=args.device, dtype=args.dtype, engine=args.engine, lengths=args.lengths, repeats=args.repeats,
+            device=args.device, dtype=args.dtype, engine=args.engine, dense_engine=args.dense_engine,
+            lengths=args.lengths, repeats=args.repeats,
             warmup=args.warmup, crossover_lengths=args.crossover_lengths, crossover_repeats=args.crossover_repeats,
             contexts=args.contexts, batches=args.batches, steps=args.steps, memory_budget_mib=args.memory_budget,
             max_batch=args.max_batch, skip=tuple(s.strip() for s in args.skip.split(",") if s.strip()),

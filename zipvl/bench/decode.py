@@ -16,25 +16,36 @@ from . import limits
 from .memory import MiB, PeakMemory, fit_batch, kv_bytes_per_token
 
 
-def _measure_batch(backend, prefill, batch: int, steps: int, warmup_steps: int) -> dict:
-    cache = backend.replicate(prefill.cache, batch)
-    token = prefill.next_token.expand(batch, 1).contiguous()
-    with PeakMemory(backend.device) as pm:
-        times = backend.decode(cache, token, warmup_steps + steps, prefill.stats is not None)
-    del cache
-    timed = times[warmup_steps:]
-    step = statistics.median(timed)
-    spread = (max(timed) - min(timed)) / step if len(timed) > 1 else 0.0
-    return {"batch": batch, "step_ms": 1e3 * step, "spread": spread, "tokens_per_s": batch / step,
-            "peak_memory": pm.to_dict(), "transient_bytes": pm.delta_bytes}
+def _measure_batch(backend, prefills: dict, batch: int, steps: int, warmup_steps: int) -> dict:
+    """Dense and ZipVL decode at one batch, interleaved step by step (A B, B A, ...) so drift hits both; then one
+    more step each under a peak-memory watch (its transient: activations, logits, the cache's concatenation)."""
+    caches = {name: backend.replicate(p.cache, batch) for name, p in prefills.items()}
+    tokens = {name: p.next_token.expand(batch, 1).contiguous() for name, p in prefills.items()}
+    times: dict = {name: [] for name in prefills}
+    names = list(prefills)
+    for i in range(warmup_steps + steps):
+        for name in names if i % 2 == 0 else names[::-1]:
+            seconds, tokens[name] = backend.decode_step(caches[name], tokens[name], name == "zipvl")
+            if i >= warmup_steps:
+                times[name].append(seconds)
+    out = {}
+    for name in names:
+        with PeakMemory(backend.device) as pm:
+            backend.decode_step(caches[name], tokens[name], name == "zipvl")
+        step = statistics.median(times[name])
+        spread = (max(times[name]) - min(times[name])) / step if len(times[name]) > 1 else 0.0
+        out[name] = {"batch": batch, "step_ms": 1e3 * step, "spread": spread, "tokens_per_s": batch / step,
+                     "peak_memory": pm.to_dict(), "transient_bytes": pm.delta_bytes}
+    del caches
+    return out
 
 
 def _sweep(backend, prefills: dict, batches: list[int], steps: int, warmup_steps: int, tick=None) -> dict:
     rows: dict = {"dense": {}, "zipvl": {}}
-    for i, b in enumerate(batches):
-        order = ("dense", "zipvl") if i % 2 == 0 else ("zipvl", "dense")  # interleaved across batches
-        for name in order:
-            rows[name][b] = _measure_batch(backend, prefills[name], b, steps, warmup_steps)
+    for b in batches:
+        measured = _measure_batch(backend, prefills, b, steps, warmup_steps)
+        for name in rows:
+            rows[name][b] = measured[name]
             if tick is not None:
                 tick(f"decode {name} B={b}")
     return rows
@@ -45,7 +56,7 @@ def run_decode(backend, make_ids, contexts: list[int], batches: list[int], steps
     """The decode sweep for each context; see the module doc."""
     results = []
     weights = backend.weight_bytes()
-    growth = (steps + warmup_steps) * kv_bytes_per_token(text_config, dtype)  # the steps' own KV, per sequence
+    growth = (steps + warmup_steps + 1) * kv_bytes_per_token(text_config, dtype)  # the steps' own KV, per sequence
     for c in contexts:
         ids = make_ids(c)
         prefills = {"dense": backend.prefill(ids, False), "zipvl": backend.prefill(ids, True)}
@@ -55,7 +66,12 @@ def run_decode(backend, make_ids, contexts: list[int], batches: list[int], steps
         # swept batch; the larger of dense's and ZipVL's is used for both (conservative, same for both).
         b_top = max(rows["dense"])
         transient = [rows[name][b_top]["transient_bytes"] for name in rows]
-        act = max(0, max(t for t in transient if t is not None) // b_top) if any(t is not None for t in transient) else 0
+        measured = max((t for t in transient if t is not None), default=0) // b_top
+        # Floor (RSS sampling can miss short-lived buffers): the cache's per-step concatenation copies one layer's
+        # K and V, plus fp32 logits and the layer's widest activations for one token.
+        floor = kv["dense"] // text_config.num_hidden_layers + 4 * (
+            getattr(text_config, "vocab_size", 0) + 4 * text_config.hidden_size + 2 * text_config.intermediate_size)
+        act = max(measured, floor)
         fit: dict = {}
         if budget_bytes is not None:
             for name in ("dense", "zipvl"):
@@ -91,6 +107,7 @@ def run_decode(backend, make_ids, contexts: list[int], batches: list[int], steps
             "kv_mib_saved": (kv["dense"] - kv["zipvl"]) / MiB,
             "mean_ratio": prefills["zipvl"].stats.mean_ratio if prefills["zipvl"].stats is not None else None,
             "weights_mib": weights / MiB, "transient_per_sequence_mib": act / MiB,
+            "transient_measured_per_sequence_mib": measured / MiB, "transient_floor_per_sequence_mib": floor / MiB,
             "rows": same_batch, "memory_fit": fit, "basis": basis,
             "best": {name: ({"batch": r["batch"], "tokens_per_s": r["tokens_per_s"]} if r else None)
                      for name, r in best.items()},

@@ -36,7 +36,7 @@ class ModelShape:
     mlp_matrices: int = 3
 
     @classmethod
-    def from_config(cls, text_config, layers: int | None = None) -> "ModelShape":
+    def from_config(cls, text_config, layers: int | None = None) -> ModelShape:
         heads = text_config.num_attention_heads
         hidden = text_config.hidden_size
         return cls(

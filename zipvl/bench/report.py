@@ -14,7 +14,7 @@ from .memory import MiB
 REQUIRED_FIELDS = ("schema", "created", "zipvl_version", "mode", "mode_detail", "environment", "dtype", "model",
                    "model_shape", "zipvl_config", "bench_config", "targets", "prefill", "attention", "crossover",
                    "decode", "memory", "notes")
-PREFILL_FIELDS = ("n", "mode", "dense", "zipvl", "speedup", "limit", "efficiency", "r_eff", "zipvl_stats",
+PREFILL_FIELDS = ("n", "mode", "dense", "zipvl", "speedup", "speedup_min", "speedup_paired_median", "limit", "efficiency", "r_eff", "zipvl_stats",
                   "kv_bytes_dense", "kv_bytes_zipvl", "breakdown_zipvl_s", "breakdown_dense_s",
                   "selection_overhead_pct", "limit_from_time_split", "flops_split", "peak_memory")
 ATTENTION_FIELDS = ("n", "mode", "ratio", "ms", "speedup", "speedup_sparse_only", "limit", "efficiency",
@@ -86,7 +86,8 @@ def render(report: dict, console=None) -> None:
         console.print(f"  note: {note}")
     if report["prefill"]:
         t = Table(title=f"Prefill, dense vs ZipVL ({mode}); limit = FLOPs bound, target ≥ {TARGET_EFFICIENCY:.0%}")
-        for col in ("n", "dense ms", "zipvl ms", "speed-up", "limit", "of limit", "r_eff", "KV MiB dense→zipvl"):
+        for col in ("n", "dense ms", "zipvl ms", "speed-up", "best-of / paired", "limit", "of limit", "r_eff",
+                    "KV MiB dense→zipvl"):
             t.add_column(col, justify="right")
         b_t = Table(title=f"Prefill time breakdown, ms ({mode}); selection = probe + select")
         for col in ("n", "probe", "select", "sparse attn", "evict", "rest", "selection % of dense",
@@ -94,20 +95,25 @@ def render(report: dict, console=None) -> None:
             b_t.add_column(col, justify="right")
         for p in report["prefill"]:
             if "skipped" in p:
-                t.add_row(str(p["n"]), f"skipped: {p['skipped']}", *[""] * 6)
+                t.add_row(str(p["n"]), f"skipped: {p['skipped']}", *[""] * 7)
                 continue
-            t.add_row(str(p["n"]), _ms(p["dense"]), _ms(p["zipvl"]), f"{p['speedup']:.2f}×", f"{p['limit']:.2f}×",
+            t.add_row(str(p["n"]), _ms(p["dense"]), _ms(p["zipvl"]), f"{p['speedup']:.2f}×",
+                      f"{p['speedup_min']:.2f}× / {p['speedup_paired_median']:.2f}×", f"{p['limit']:.2f}×",
                       _eff(p["efficiency"]), f"{p['r_eff']:.3f}",
                       f"{p['kv_bytes_dense'] / MiB:.1f}→{p['kv_bytes_zipvl'] / MiB:.1f}")
             b, bd = p["breakdown_zipvl_s"], p["breakdown_dense_s"]
+            if not b:
+                continue
+            bd = bd or {"attention": float("nan"), "rest": float("nan")}
             tsl = p.get("limit_from_time_split")
             b_t.add_row(str(p["n"]), *(f"{1e3 * b[k]:.0f}" for k in ("probe", "select", "sparse_attention", "evict",
                                                                           "rest")),
-                        f"{p['selection_overhead_pct']:.1f}%",
+                        f"{p['selection_overhead_pct']:.1f}%" if p["selection_overhead_pct"] is not None else "-",
                         f"{1e3 * (bd['attention'] or float('nan')):.0f} / {1e3 * bd['rest']:.0f}",
                         f"{tsl:.2f}×" if tsl else "-")
         console.print(t)
-        console.print(b_t)
+        if b_t.row_count:
+            console.print(b_t)
     if report["attention"]:
         t = Table(title=f"Attention only, one layer ({mode}); limit 1/r²")
         for col in ("n", "r", "dense ms", "zipvl ms", "probe ms", "select ms", "sparse ms", "speed-up", "sparse-only",
