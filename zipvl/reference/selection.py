@@ -61,14 +61,20 @@ def probe_mass(
         visible = torch.arange(n, device=query.device)[None, None, :] <= probes[:, :, None]  # (B, m, n)
     m = q_probe.shape[2]
     q_probe = q_probe.float().reshape(b, h_kv, g * m, d)
+    # Causal mask as an additive bias, fused with the scale into one baddbmm per key-head block.
+    bias = torch.zeros(visible.shape, dtype=torch.float32, device=query.device).masked_fill_(~visible, float("-inf"))
+    bias = bias.repeat(1, g, 1)[:, None]  # (B|1, 1, g*m, n), rows ordered (group member, probe) like q_probe
     mass = torch.zeros(b, n, dtype=torch.float32, device=query.device)
     heads_per_block = max(1, min(h_kv, _PROBE_BLOCK_ELEMS // max(1, b * g * m * n)))
-    hidden = ~visible[:, None, None]  # (B|1, 1, 1, m, n)
     for h0 in range(0, h_kv, heads_per_block):
         h1 = min(h_kv, h0 + heads_per_block)
-        scores = torch.matmul(q_probe[:, h0:h1], key[:, h0:h1].float().transpose(-1, -2)) * scale
-        scores = scores.view(b, h1 - h0, g, m, n).masked_fill_(hidden, float("-inf"))
-        mass += torch.softmax(scores, dim=-1).sum(dim=(1, 2, 3))
+        hb = h1 - h0
+        q_blk = q_probe[:, h0:h1].reshape(b * hb, g * m, d)
+        k_blk = key[:, h0:h1].float().reshape(b * hb, n, d).transpose(-1, -2)
+        # Shared probes: a (g*m, n) bias broadcasts over the batch of blocks without a copy.
+        bias_blk = bias[0, 0] if bias.shape[0] == 1 else bias.expand(b, hb, g * m, n).reshape(b * hb, g * m, n)
+        scores = torch.baddbmm(bias_blk, q_blk, k_blk, alpha=scale)
+        mass += torch.softmax(scores, dim=-1).view(b, hb * g * m, n).sum(dim=1)
     return mass
 
 

@@ -24,7 +24,10 @@ def sparse_attention(
     query (B, H, n, d), key/value (B, H_kv, n, d), kept (B, n) bool -> (B, H, n, d) in query's dtype.
     Each row's gathered block runs through SDPA (FlashAttention where the backend has it): cost ~ p^2, not n^2.
     """
-    out = torch.zeros_like(query)
+    b, h, n, d = query.shape
+    # A (B, n, H, d) buffer seen as (B, H, n, d): callers that need transformers' (B, n, H, d) layout get it without
+    # another copy (``out.transpose(1, 2)`` is already contiguous).
+    out = query.new_zeros(b, n, h, d).transpose(1, 2)
     gqa = query.shape[1] != key.shape[1]
     for b, idx in enumerate(kept_index_lists(kept)):
         if idx.numel() == 0:
