@@ -6,6 +6,7 @@
 #include "../ZipVLSparseAttention/sparseAttentionKernels.h"
 #include "../ZipVLTokenSelect/tokenSelectInternal.cuh"
 #include "../ZipVLTokenSelect/tokenSelectKernels.h"
+#include "zipvlKernelParams.h"
 #include "zipvlStatus.h"
 
 #include <cuda_runtime_api.h>
@@ -32,6 +33,24 @@ bool toDType(int32_t code, DType& out)
     }
     out = static_cast<DType>(code);
     return true;
+}
+
+//! Checks the dtype code, makes `device` current and fills the fields both ops' params share. Returns a
+//! ZIPVL_STATUS_* code (the entry point returns it as is unless it is ZIPVL_STATUS_OK).
+template <class Params>
+int32_t prepareParams(Params& p, int32_t dtype, int32_t device, void const* query, void const* key, int32_t batch,
+    int32_t numHeads, int32_t numKvHeads, int32_t seqLen, int32_t headDim, float scaling)
+{
+    if (!toDType(dtype, p.dtype))
+    {
+        return ZIPVL_STATUS_BAD_ARGUMENT;
+    }
+    if (int32_t const status = selectDevice(device))
+    {
+        return status;
+    }
+    setSharedParams(p, query, key, batch, numHeads, numKvHeads, seqLen, headDim, scaling);
+    return ZIPVL_STATUS_OK;
 }
 
 } // namespace
@@ -69,25 +88,14 @@ ZIPVL_EXPORT int32_t zipvl_cuda_token_select(void const* query, void const* key,
     void* workspace, size_t workspace_bytes, int32_t device, void* stream)
 {
     TokenSelectParams p;
-    if (!toDType(dtype, p.dtype))
-    {
-        return ZIPVL_STATUS_BAD_ARGUMENT;
-    }
-    if (int32_t const status = selectDevice(device))
+    if (int32_t const status = prepareParams(
+            p, dtype, device, query, key, batch, num_heads, num_kv_heads, seq_len, head_dim, scaling))
     {
         return status;
     }
-    p.query = query;
-    p.key = key;
     p.probes = probes;
-    p.batch = batch;
-    p.numHeads = num_heads;
-    p.numKvHeads = num_kv_heads;
-    p.seqLen = seq_len;
-    p.headDim = head_dim;
     p.numProbes = num_probes;
     p.tau = tau;
-    p.scaling = scaling;
     p.keptIndices = kept_indices;
     p.keptCount = kept_count;
     p.mass = mass;
@@ -101,25 +109,14 @@ ZIPVL_EXPORT int32_t zipvl_cuda_sparse_attention(void const* query, void const* 
     void* value_compact, int32_t device, void* stream)
 {
     SparseAttentionParams p;
-    if (!toDType(dtype, p.dtype))
-    {
-        return ZIPVL_STATUS_BAD_ARGUMENT;
-    }
-    if (int32_t const status = selectDevice(device))
+    if (int32_t const status = prepareParams(
+            p, dtype, device, query, key, batch, num_heads, num_kv_heads, seq_len, head_dim, scaling))
     {
         return status;
     }
-    p.query = query;
-    p.key = key;
     p.value = value;
     p.keptIndices = kept_indices;
     p.keptCount = kept_count;
-    p.batch = batch;
-    p.numHeads = num_heads;
-    p.numKvHeads = num_kv_heads;
-    p.seqLen = seq_len;
-    p.headDim = head_dim;
-    p.scaling = scaling;
     p.attnOut = attn_out;
     p.keyCompact = key_compact;
     p.valueCompact = value_compact;

@@ -1,11 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
-// Logging and attribute parsing shared by the zipvl plugins.
+// Logging, attribute parsing and kernel status reporting shared by the zipvl plugins.
 #include "zipvlPluginUtils.h"
 
 #include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+
+#include "../ZipVLTokenSelect/tokenSelectKernels.h"
+#include "zipvlStatus.h"
 
 namespace zipvl
 {
@@ -22,6 +25,12 @@ T scalarAs(void const* data)
     T v;
     std::memcpy(&v, data, sizeof(T));
     return v;
+}
+
+// A non-null scalar: at least one element behind field.data.
+bool hasScalar(nvinfer1::PluginField const& field) noexcept
+{
+    return field.data != nullptr && field.length >= 1;
 }
 
 } // namespace
@@ -53,7 +62,7 @@ void logError(char const* plugin, std::string const& msg) noexcept
 bool readInt(nvinfer1::PluginField const& field, int32_t& out) noexcept
 {
     using nvinfer1::PluginFieldType;
-    if (field.data == nullptr || field.length < 1)
+    if (!hasScalar(field))
     {
         return false;
     }
@@ -74,26 +83,20 @@ bool readInt(nvinfer1::PluginField const& field, int32_t& out) noexcept
 
 bool readFloat(nvinfer1::PluginField const& field, float& out) noexcept
 {
-    using nvinfer1::PluginFieldType;
-    if (field.data == nullptr || field.length < 1)
+    // Integer types (readInt fails for the float types and for anything unreadable, leaving `i` untouched).
+    int32_t i = 0;
+    if (readInt(field, i))
+    {
+        out = static_cast<float>(i);
+        return true;
+    }
+    bool const isFloat32 = field.type == nvinfer1::PluginFieldType::kFLOAT32;
+    if (!hasScalar(field) || !(isFloat32 || field.type == nvinfer1::PluginFieldType::kFLOAT64))
     {
         return false;
     }
-    switch (field.type)
-    {
-    case PluginFieldType::kFLOAT32: out = scalarAs<float>(field.data); return true;
-    case PluginFieldType::kFLOAT64: out = static_cast<float>(scalarAs<double>(field.data)); return true;
-    default:
-    {
-        int32_t i = 0;
-        if (readInt(field, i))
-        {
-            out = static_cast<float>(i);
-            return true;
-        }
-        return false;
-    }
-    }
+    out = isFloat32 ? scalarAs<float>(field.data) : static_cast<float>(scalarAs<double>(field.data));
+    return true;
 }
 
 bool parseAttributes(nvinfer1::PluginFieldCollection const* fc, std::vector<Attribute> const& attrs,
@@ -160,7 +163,15 @@ bool isActivationType(nvinfer1::DataType type) noexcept
     return toKernelDType(type, unused);
 }
 
-std::string checkHeads(int32_t numHeads, int32_t numKvHeads, int32_t headDim, float scaling)
+std::vector<Attribute> HeadAttrs::fields()
+{
+    return {{"scaling", nvinfer1::PluginFieldType::kFLOAT32, &scaling},
+        {"num_heads", nvinfer1::PluginFieldType::kINT32, &numHeads},
+        {"num_kv_heads", nvinfer1::PluginFieldType::kINT32, &numKvHeads},
+        {"head_dim", nvinfer1::PluginFieldType::kINT32, &headDim}};
+}
+
+std::string HeadAttrs::check() const
 {
     if (numHeads < 1 || numKvHeads < 1 || numHeads % numKvHeads != 0)
     {
@@ -176,6 +187,21 @@ std::string checkHeads(int32_t numHeads, int32_t numKvHeads, int32_t headDim, fl
         return "scaling must be finite";
     }
     return {};
+}
+
+int32_t reportKernelStatus(char const* plugin, int32_t status) noexcept
+{
+    if (status == ZIPVL_STATUS_OK)
+    {
+        return 0;
+    }
+    std::string msg = zipvlStatusString(status);
+    if (status == ZIPVL_STATUS_CUDA)
+    {
+        msg += std::string(": ") + cudaGetErrorString(kernels::lastCudaError());
+    }
+    logError(plugin, msg);
+    return -1;
 }
 
 } // namespace plugin

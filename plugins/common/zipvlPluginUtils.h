@@ -59,8 +59,30 @@ bool toKernelDType(nvinfer1::DataType type, DType& out) noexcept;
 //! fp32, fp16 or bf16.
 bool isActivationType(nvinfer1::DataType type) noexcept;
 
-//! Checks the attributes both plugins share; empty string when they are consistent.
-std::string checkHeads(int32_t numHeads, int32_t numKvHeads, int32_t headDim, float scaling);
+//! The node attributes both plugins take (all required): the attention heads and the softmax scale.
+struct HeadAttrs
+{
+    float scaling{};       //!< softmax scale (FLOAT)
+    int32_t numHeads{};    //!< H (INT)
+    int32_t numKvHeads{};  //!< H_kv (INT)
+    int32_t headDim{};     //!< d (INT)
+
+    //! scaling, num_heads, num_kv_heads, head_dim as named fields over this object's storage.
+    std::vector<Attribute> fields();
+    //! Empty when the values are consistent, else the reason.
+    std::string check() const;
+};
+
+//! True when a known dimension contradicts an expected one (a dimension the builder does not know yet, -1, cannot
+//! contradict anything).
+inline bool differs(int64_t actual, int64_t expected) noexcept
+{
+    return actual >= 0 && expected >= 0 && actual != expected;
+}
+
+//! enqueue's result for a kernel launcher's ZIPVL_STATUS_* code: 0 for ok, else -1 after logging the status
+//! message (with the CUDA error string for ZIPVL_STATUS_CUDA) under the plugin name.
+int32_t reportKernelStatus(char const* plugin, int32_t status) noexcept;
 
 } // namespace plugin
 } // namespace zipvl

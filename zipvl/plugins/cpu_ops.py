@@ -13,7 +13,7 @@ import functools
 import numpy as np
 
 from ..errors import ZipVLInputError
-from .library import PluginLibraryError, load_library
+from .library import bind_library
 
 _F32P = ctypes.POINTER(ctypes.c_float)
 _I32P = ctypes.POINTER(ctypes.c_int32)
@@ -22,19 +22,13 @@ _I32 = ctypes.c_int32
 
 @functools.cache
 def _lib() -> ctypes.CDLL:
-    lib = load_library("cpu", build=True)
-    lib.zipvl_cpu_abi_version.restype = _I32
-    if lib.zipvl_cpu_abi_version() != 1:
-        raise PluginLibraryError("libzipvl_cpu.so has an unexpected ABI version: rebuild it")
-    lib.zipvl_cpu_status_string.restype = ctypes.c_char_p
-    lib.zipvl_cpu_status_string.argtypes = [_I32]
-    lib.zipvl_cpu_token_select_f32.restype = _I32
-    lib.zipvl_cpu_token_select_f32.argtypes = [_F32P, _F32P, _I32P] + [_I32] * 6 + [ctypes.c_float] * 2 + [
-        _I32P, _I32P, _F32P]
-    lib.zipvl_cpu_sparse_attention_f32.restype = _I32
-    lib.zipvl_cpu_sparse_attention_f32.argtypes = [_F32P, _F32P, _F32P, _I32P, _I32P] + [_I32] * 5 + [
-        ctypes.c_float, _F32P, _F32P, _F32P]
-    return lib
+    return bind_library("cpu", "zipvl_cpu_abi_version", {
+        "zipvl_cpu_status_string": (ctypes.c_char_p, [_I32]),
+        "zipvl_cpu_token_select_f32": (
+            _I32, [_F32P, _F32P, _I32P] + [_I32] * 6 + [ctypes.c_float] * 2 + [_I32P, _I32P, _F32P]),
+        "zipvl_cpu_sparse_attention_f32": (
+            _I32, [_F32P, _F32P, _F32P, _I32P, _I32P] + [_I32] * 5 + [ctypes.c_float, _F32P, _F32P, _F32P]),
+    })
 
 
 def _ptr(a: np.ndarray, kind):

@@ -13,7 +13,7 @@ import functools
 import torch
 
 from ..errors import ZipVLInputError
-from .library import PluginLibraryError, load_library
+from .library import bind_library
 
 _DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 _P = ctypes.c_void_p
@@ -22,21 +22,14 @@ _I32 = ctypes.c_int32
 
 @functools.cache
 def _lib() -> ctypes.CDLL:
-    lib = load_library("kernels", build=True)
-    lib.zipvl_cuda_abi_version.restype = _I32
-    if lib.zipvl_cuda_abi_version() != 1:
-        raise PluginLibraryError("libzipvl_kernels.so has an unexpected ABI version: rebuild it")
-    lib.zipvl_cuda_status_string.restype = ctypes.c_char_p
-    lib.zipvl_cuda_status_string.argtypes = [_I32]
-    lib.zipvl_cuda_last_error.restype = ctypes.c_char_p
-    lib.zipvl_cuda_token_select_workspace_size.restype = ctypes.c_size_t
-    lib.zipvl_cuda_token_select_workspace_size.argtypes = [_I32] * 4
-    lib.zipvl_cuda_token_select.restype = _I32
-    lib.zipvl_cuda_token_select.argtypes = [_P, _P, _P] + [_I32] * 7 + [ctypes.c_float] * 2 + [
-        _P, _P, _P, _P, ctypes.c_size_t, _I32, _P]
-    lib.zipvl_cuda_sparse_attention.restype = _I32
-    lib.zipvl_cuda_sparse_attention.argtypes = [_P] * 5 + [_I32] * 6 + [ctypes.c_float] + [_P] * 3 + [_I32, _P]
-    return lib
+    return bind_library("kernels", "zipvl_cuda_abi_version", {
+        "zipvl_cuda_status_string": (ctypes.c_char_p, [_I32]),
+        "zipvl_cuda_last_error": (ctypes.c_char_p, None),
+        "zipvl_cuda_token_select_workspace_size": (ctypes.c_size_t, [_I32] * 4),
+        "zipvl_cuda_token_select": (
+            _I32, [_P, _P, _P] + [_I32] * 7 + [ctypes.c_float] * 2 + [_P, _P, _P, _P, ctypes.c_size_t, _I32, _P]),
+        "zipvl_cuda_sparse_attention": (_I32, [_P] * 5 + [_I32] * 6 + [ctypes.c_float] + [_P] * 3 + [_I32, _P]),
+    })
 
 
 def _check(status: int, op: str) -> None:

@@ -133,3 +133,29 @@ def load_library(kind: str, build: bool = False) -> ctypes.CDLL:
         except OSError as exc:
             raise PluginLibraryError(f"cannot load {path}: {exc}") from exc
     return _loaded[path]
+
+
+def bind_library(kind: str, abi_symbol: str, signatures: dict) -> ctypes.CDLL:
+    """Load (building it if missing) a library with a C API, check its ABI version and declare its functions.
+
+    Parameters
+    ----------
+    kind : ``"cpu"`` or ``"kernels"``
+    abi_symbol : the entry point returning the library's C ABI version, which must be 1
+    signatures : function name -> ``(restype, argtypes)``; ``argtypes`` None leaves them undeclared
+
+    Returns
+    -------
+    The ctypes handle. Raises :class:`PluginLibraryError` when the ABI version is not 1 (a stale build).
+    """
+    lib = load_library(kind, build=True)
+    abi_version = getattr(lib, abi_symbol)
+    abi_version.restype = ctypes.c_int32
+    if abi_version() != 1:
+        raise PluginLibraryError(f"{LIBRARIES[kind]} has an unexpected ABI version: rebuild it")
+    for name, (restype, argtypes) in signatures.items():
+        function = getattr(lib, name)
+        function.restype = restype
+        if argtypes is not None:
+            function.argtypes = argtypes
+    return lib
