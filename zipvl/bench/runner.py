@@ -184,8 +184,10 @@ def run_bench(cfg: BenchConfig) -> dict:
             measured = {p["n"]: p for p in report["prefill"] if "skipped" not in p}
             for n in lengths:
                 r = measured[n]["r_eff"] if n in measured else cfg.kept_ratio
-                if r is None:
-                    continue  # needs the ratio a real prefill measured
+                if r is None:  # needs the ratio a real prefill measured
+                    report["notes"].append(f"attention n={n} skipped: no measured kept ratio (run the prefill stage "
+                                           "too, or pass --kept-ratio)")
+                    continue
                 try:
                     point = attention_microbench(shape, n, r, backend.clock, dtype, cfg.repeats, cfg.warmup, zcfg,
                                                  adaptive=cfg.kept_ratio is None)
