@@ -85,13 +85,12 @@ def _prefill(module, state, layer: ZipVLLayer | None, query, key, value, attenti
 def _select_and_attend(policy, state, idx, query, key, value, valid, scaling):
     """Run the policy and the sparse attention; with padding, each row works on its valid tokens only."""
     b, h, n, d = query.shape
-    rows = [None] * b if valid is None else [valid[i].nonzero().squeeze(-1) for i in range(b)]
-    if valid is None:
+    if valid is None:  # the whole batch at once; outputs come straight from the policy and sparse_attention
         groups = [(slice(None), None)]
     else:
-        groups = [(slice(i, i + 1), rows[i]) for i in range(b)]
-    kept = torch.zeros(b, n, dtype=torch.bool, device=query.device)
-    out = torch.zeros_like(query)
+        groups = [(slice(i, i + 1), valid[i].nonzero().squeeze(-1)) for i in range(b)]
+        kept = torch.zeros(b, n, dtype=torch.bool, device=query.device)
+        out = query.new_zeros(b, n, h, d).transpose(1, 2)  # (B, H, n, d) view of transformers' layout
     counts, probe_cost = [0] * b, 0
     for sl, cols in groups:
         q, k, v = (query[sl], key[sl], value[sl]) if cols is None else (t[sl][:, :, cols] for t in (query, key, value))
