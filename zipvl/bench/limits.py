@@ -18,6 +18,7 @@ With ``logits_to_keep=1`` the LM head costs ``F_head`` = 2 hidden vocab (one row
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from ..reference.stats import probe_flops as reference_probe_flops
 
 TARGET_EFFICIENCY = 0.9  # the goal: measured speed-up >= 90 % of its limit
 
@@ -67,8 +68,8 @@ def attention_flops(shape: ModelShape, n: int) -> float:
 
 
 def probe_flops(shape: ModelShape, n: int, m: int) -> float:
-    """F_probe of one layer: m probe rows against n keys, QK^T only."""
-    return 2.0 * m * n * shape.heads * shape.head_dim
+    """F_probe of one layer: m probe rows against n keys, QK^T only (the reference's statistics count it the same)."""
+    return float(reference_probe_flops(n, m, shape.heads, shape.head_dim))
 
 
 def flops_split(shape: ModelShape, n: int, m: int = 128) -> dict:
