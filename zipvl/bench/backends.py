@@ -245,8 +245,7 @@ class OnnxRuntimeBackend(Backend):
         return PrefillRun(seconds, _OrtState(engine, pre), token, self._stats(engine, pre) if sparse else None)
 
     def replicate(self, cache, batch):
-        # TODO(runtime): a public Engine.decode_state / decode_step API; this adapter uses Engine._bind_cache and
-        # Engine._decode_step (the same calls Engine.generate makes) to time single steps.
+        # Times single steps with the runtime's public bind_cache / decode_step (the calls Engine.generate makes).
         from ..runtime.kv_cache import KVCache
 
         engine, pre = cache.engine, cache.prefill
@@ -256,14 +255,14 @@ class OnnxRuntimeBackend(Backend):
         for i, layer in enumerate(kv.layers):
             for r in range(batch):
                 layer.fill(r, pre.keys[i], pre.values[i], pre.counts[i])
-        state = _OrtState(engine, pre, kv, engine._bind_cache(kv))
+        state = _OrtState(engine, pre, kv, engine.bind_cache(kv))
         state.positions = torch.full((batch,), pre.length + pre.rope_delta).numpy()
         return state
 
     def decode_step(self, cache, token, sparse):
         engine = cache.engine
         tokens = token[:, 0].cpu().numpy().astype("int64")
-        seconds, outs = self.clock.time(lambda: engine._decode_step(cache.io, tokens, cache.positions))
+        seconds, outs = self.clock.time(lambda: engine.decode_step(cache.io, tokens, cache.positions))
         for i, layer in enumerate(cache.kv.layers):
             layer.append(outs[1 + 3 * i], outs[2 + 3 * i])
         cache.positions = cache.positions + 1

@@ -133,14 +133,14 @@ class Engine:
         tokens = [logits.argmax(-1)]
         result.logits.append(logits)
         done = np.zeros(b, dtype=bool)
-        io = self._bind_cache(cache)
+        io = self.bind_cache(cache)
         lengths = np.array([pre.length for pre in prefills], dtype=np.int64)
         deltas = np.array([pre.rope_delta for pre in prefills], dtype=np.int64)
         pending = 0
         for t in range(max_new_tokens - 1):
             if eos_token_id is not None:
                 done |= tokens[-1] == eos_token_id
-            outs = self._decode_step(io, tokens[-1], lengths + t + deltas)
+            outs = self.decode_step(io, tokens[-1], lengths + t + deltas)
             logits = outs[0]
             for i, layer in enumerate(cache.layers):
                 layer.append(outs[1 + 3 * i], outs[2 + 3 * i])
@@ -159,7 +159,9 @@ class Engine:
         result.kv_bytes = cache.nbytes()
         return result
 
-    def _bind_cache(self, cache: KVCache):
+    def bind_cache(self, cache: KVCache):
+        """Bind a cache's per-layer buffers (OrtValues, no copy) as the decode graph's inputs; reuse the returned
+        binding for every :meth:`decode_step` over that cache."""
         io = self.decode_session.io_binding()
         for i, layer in enumerate(cache.layers):
             io.bind_ortvalue_input(f"past.{i}.key", layer.ort_key)
@@ -169,7 +171,9 @@ class Engine:
             io.bind_output(name, "cpu")
         return io
 
-    def _decode_step(self, io, tokens: np.ndarray, positions: np.ndarray) -> list[np.ndarray]:
+    def decode_step(self, io, tokens: np.ndarray, positions: np.ndarray) -> list[np.ndarray]:
+        """One decode step of the batch: tokens (B,) int, original positions (B,) -> the decode graph's outputs
+        (logits, then per layer new key, new value, and what re-selection needs). Appending is the caller's job."""
         embeds = self.embed.run(None, {"input_ids": tokens[:, None].astype(np.int64)})[0]
         pos = positions[:, None].astype(np.int64)
         if self.desc["mrope"]:
