@@ -51,3 +51,12 @@ def test_dense_layers_out_of_range():
 
     with pytest.raises(zipvl.ZipVLInputError, match="out of range"):
         zipvl.enable(tiny_model("llama"), ZipVLConfig(dense_layers=(7,)))
+
+
+def test_kept_budget_is_ceil_without_float_noise():
+    from zipvl.reference.policy import check_ratio, kept_budget
+
+    assert 0.07 * 100 > 7  # the float product the rule must not round up
+    assert [kept_budget(100, r) for r in (0.07, 0.071, 0.29, 0.001, 1.0)] == [7, 8, 29, 1, 100]
+    with pytest.raises(ZipVLConfigError):
+        check_ratio(True)

@@ -1,26 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Shared helpers of the fixed-budget baselines: ratio validation, the per-layer budget, an all-kept selection."""
+"""Shared helpers of the fixed-budget baselines (ratio validation and the budget rule live in reference.policy)."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from ..errors import ZipVLConfigError
 from ..reference.selection import Selection
-
-
-def check_ratio(ratio: float) -> float:
-    """A kept ratio in (0, 1], as float."""
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < float(ratio) <= 1.0:
-        raise ZipVLConfigError(f"kept ratio must be in (0, 1], got {ratio!r}")
-    return float(ratio)
-
-
-def budget(n: int, ratio: float) -> int:
-    """Tokens a layer keeps at ``ratio`` of ``n``: ceil(ratio * n), at least 1 (the same rule as FixedRatioPolicy)."""
-    return max(1, min(n, math.ceil(ratio * n - 1e-9)))
 
 
 def keep_all(query: torch.Tensor) -> Selection:

@@ -18,9 +18,9 @@ import torch
 
 from ..config import ZipVLConfig
 from ..errors import ZipVLConfigError
-from ..reference.policy import LayerContext, TokenPolicy
+from ..reference.policy import LayerContext, TokenPolicy, check_ratio, kept_budget
 from ..reference.selection import Selection, probe_mass, score_tokens, top_by_score
-from .base import budget, check_ratio, counts_of, keep_all
+from .base import counts_of, keep_all
 
 
 class FastVPolicy(TokenPolicy):
@@ -70,7 +70,7 @@ class FastVPolicy(TokenPolicy):
             prunable = image.to(device=score.device, dtype=torch.bool).expand(b, n)
         else:
             prunable = torch.ones(b, n, dtype=torch.bool, device=score.device)
-        target = budget(n, max(self.later_ratio(ctx.num_layers), 1e-9))
+        target = kept_budget(n, max(self.later_ratio(ctx.num_layers), 1e-9))
         fixed = ~prunable
         extra = (target - fixed.sum(dim=-1)).clamp(min=0)  # image tokens to keep, per row
         ranked = torch.where(prunable, score, torch.full_like(score, float("-inf")))

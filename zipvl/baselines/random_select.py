@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 
 from ..config import ZipVLConfig
-from ..reference.policy import TokenPolicy
-from ..reference.selection import Selection
-from .base import budget, check_ratio, counts_of
+from ..reference.policy import TokenPolicy, check_ratio, kept_budget
+from ..reference.selection import Selection, top_by_score
+from .base import counts_of
 
 
 class RandomPolicy(TokenPolicy):
@@ -25,12 +25,11 @@ class RandomPolicy(TokenPolicy):
 
     def select(self, query, key, scaling, ctx):
         b, _, n, _ = query.shape
-        count = budget(n, self.ratio)
+        count = kept_budget(n, self.ratio)
         last = min(self.keep_last, count)
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + ctx.layer_idx * 7919 + n)
         score = torch.rand(b, n, generator=gen)
         score[:, n - last:] = 2.0  # above every draw
-        order = torch.argsort(score, dim=-1, descending=True)[:, :count]
-        kept = torch.zeros(b, n, dtype=torch.bool).scatter_(1, order, True).to(query.device)
         score = score.to(query.device)
+        kept = top_by_score(score, torch.full((b,), count, dtype=torch.long, device=query.device))
         return Selection(kept=kept, count=counts_of(kept), mass=score, score=score, probes=None)

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 
 from ..config import ZipVLConfig
 from ..errors import ZipVLConfigError
-from ..reference.policy import TokenPolicy
+from ..reference.policy import TokenPolicy, check_ratio, kept_budget
 from ..reference.selection import Selection, probe_mass, top_by_score
-from .base import budget, check_ratio, counts_of
+from .base import counts_of
 
 
 class SnapKVPolicy(TokenPolicy):
@@ -44,7 +44,7 @@ class SnapKVPolicy(TokenPolicy):
         if self.kernel_size > 1:
             score = F.avg_pool1d(mass[:, None], self.kernel_size, stride=1, padding=self.kernel_size // 2,
                                  count_include_pad=False)[:, 0]
-        count = budget(n, self.ratio)
+        count = kept_budget(n, self.ratio)
         window = torch.zeros(b, n, dtype=torch.bool, device=query.device)
         if count <= w:  # the budget does not cover the window: keep its most recent tokens
             window[:, n - count:] = True

@@ -8,12 +8,11 @@ on the kept tokens, scatter). The kept count is forced to ``ratio`` so the numbe
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
 from ..config import ZipVLConfig
+from ..reference.policy import kept_budget
 from ..reference.selection import adaptive_count, probe_positions, score_tokens, top_by_score
 from ..reference.sparse import sparse_attention
 from . import limits
@@ -38,7 +37,7 @@ def attention_microbench(shape: limits.ModelShape, n: int, ratio: float, clock, 
     v = torch.randn(1, h_kv, n, d, generator=g).to(device=device, dtype=dtype)
     scale = d**-0.5
     probes = probe_positions(n, config).to(device)
-    count = torch.tensor([max(1, min(n, math.ceil(ratio * n)))], device=device)
+    count = torch.tensor([kept_budget(n, ratio)], device=device)
     total = float(h * probes.numel())
     gqa = h != h_kv
     mass, score = score_tokens(q, k, probes, scale)

@@ -117,7 +117,7 @@ def _select_and_attend(policy, state, idx, query, key, value, valid, scaling):
 
 def _decode(module, state, layer: ZipVLLayer, query, key, value, scaling):
     """Attend over the retained cache; re-select in the newest window every decode_interval tokens."""
-    b, h, q, d = query.shape
+    _, h, q, _ = query.shape
     q_slots = layer.logical - q + torch.arange(q, device=query.device)
     visible = layer.valid[:, None, None, :] & (layer.slots[:, None, None, :] <= q_slots[None, None, :, None])
     mask = None if q == 1 and bool(visible.all()) else visible

@@ -98,6 +98,19 @@ class ZipVLPolicy(TokenPolicy):
         return Selection(kept=kept, count=count, mass=mass, score=score, probes=probes)
 
 
+def check_ratio(ratio: float) -> float:
+    """A kept ratio in (0, 1], as float."""
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < float(ratio) <= 1.0:
+        raise ZipVLConfigError(f"kept ratio must be in (0, 1], got {ratio!r}")
+    return float(ratio)
+
+
+def kept_budget(n: int, ratio: float) -> int:
+    """Tokens kept at ``ratio`` of ``n``: ceil(ratio * n), at least 1. The 1e-9 keeps an exact product such as
+    0.07 * 100 = 7.000000000000001 from rounding up to 8. Every fixed-ratio policy and benchmark uses this rule."""
+    return max(1, min(n, math.ceil(ratio * n - 1e-9)))
+
+
 class FixedRatioPolicy(TokenPolicy):
     """ZipVL's scorer with a fixed kept ratio per layer (the paper's "fixed" ablation; the benchmark's forced-ratio
     shape-only mode): keeps ceil(ratio * n) tokens by normalised score. No decode re-selection."""
@@ -106,9 +119,7 @@ class FixedRatioPolicy(TokenPolicy):
 
     def __init__(self, ratio: float, config: ZipVLConfig | None = None):
         super().__init__(config)
-        if not 0.0 < ratio <= 1.0:
-            raise ZipVLConfigError(f"kept ratio must be in (0, 1], got {ratio}")
-        self.ratio = float(ratio)
+        self.ratio = check_ratio(ratio)
 
     def select(self, query, key, scaling, ctx):
         b, _, n, _ = query.shape
@@ -116,7 +127,6 @@ class FixedRatioPolicy(TokenPolicy):
         with ctx.timer.section("probe", query.device):
             mass, score = score_tokens(query, key, probes, scaling)
         with ctx.timer.section("select", query.device):
-            count = torch.full((b,), max(1, min(n, math.ceil(self.ratio * n))), dtype=torch.long,
-                               device=query.device)
+            count = torch.full((b,), kept_budget(n, self.ratio), dtype=torch.long, device=query.device)
             kept = top_by_score(score, count)
         return Selection(kept=kept, count=count, mass=mass, score=score, probes=probes)
