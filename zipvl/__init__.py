@@ -9,7 +9,7 @@ Public API (the method's single source of truth, see docs/method.md):
 """
 
 from .config import ZipVLConfig
-from .errors import UnsupportedModelError, ZipVLConfigError, ZipVLError, ZipVLInputError
+from .errors import UnsupportedModelError, ZipVLConfigError, ZipVLError, ZipVLInputError, ZipVLIntegrationError
 from .reference.selection import Selection, probe_positions, score_tokens, select_tokens, select_window
 from .reference.sparse import compact, sparse_attention
 
@@ -20,6 +20,7 @@ __all__ = [
     "ZipVLError",
     "ZipVLConfigError",
     "ZipVLInputError",
+    "ZipVLIntegrationError",
     "UnsupportedModelError",
     "Selection",
     "probe_positions",

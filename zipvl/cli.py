@@ -9,7 +9,7 @@ import sys
 import time
 
 from .config import ZipVLConfig
-from .errors import ZipVLError
+from .console import add_debug_flag, entry_point
 
 
 def _demo(args) -> int:
@@ -82,16 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--threads", type=int, default=0)
     demo.add_argument("--json", help="also write a JSON report here")
     demo.set_defaults(func=_demo)
+    add_debug_flag(parser)
     return parser
 
 
+@entry_point("zipvl")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except ZipVLError as e:
-        print(f"zipvl: error: {e}", file=sys.stderr)
-        return 2
+    return args.func(args)
 
 
 if __name__ == "__main__":

@@ -16,3 +16,7 @@ class UnsupportedModelError(ZipVLError, TypeError):
 
 class ZipVLInputError(ZipVLError, ValueError):
     """A tensor or prompt handed to zipvl has the wrong shape, dtype or length."""
+
+
+class ZipVLIntegrationError(ZipVLError, RuntimeError):
+    """transformers did not run ZipVL the way zipvl wired it (cache replaced or ignored, attention not called)."""

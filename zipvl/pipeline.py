@@ -14,6 +14,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from .config import ZipVLConfig
 from .errors import ZipVLInputError
 from .reference.apply import disable, enable
+from .reference.hf_compat import output_cache
 from .reference.stats import ForwardStats
 
 
@@ -82,6 +83,7 @@ def generate(model, processor, inputs, max_new_tokens: int = 32, config: ZipVLCo
         if state is not None:
             disable(model)
     new = out.sequences[:, inputs["input_ids"].shape[1]:]
-    lengths = out.past_key_values.physical_lengths() if hasattr(out.past_key_values, "physical_lengths") else []
+    cache = output_cache(out)
+    lengths = cache.physical_lengths() if hasattr(cache, "physical_lengths") else []
     return Generation(text=tokenizer.batch_decode(new, skip_special_tokens=True), tokens=new,
                       ttft_s=ticker.first_token_s or total, total_s=total, stats=stats, cache_lengths=lengths)

@@ -23,14 +23,10 @@ def cpu_library():
 
 
 def _tensorrt_headers_available() -> bool:
-    import importlib.util
-    import os
-    from pathlib import Path
+    from zipvl.plugins.library import tensorrt_include_dir
 
-    env = os.environ.get("TENSORRT_INCLUDE_DIR")
-    if env:
-        return (Path(env) / "NvInferRuntime.h").is_file()
-    return importlib.util.find_spec("kernel_lens") is not None
+    folder = tensorrt_include_dir()
+    return folder is not None and (folder / "NvInferRuntime.h").is_file()
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from zipvl.plugins.library import tensorrt_include_dir
+
 HARNESS = Path(__file__).parent / "harness" / "plugin_harness.cpp"
 
 
@@ -67,23 +69,10 @@ def _cuda_include() -> Path | None:
     return next((c for c in candidates if (c / "cuda_runtime_api.h").is_file()), None)
 
 
-def _trt_include() -> Path | None:
-    import os
-
-    env = os.environ.get("TENSORRT_INCLUDE_DIR")
-    if env:
-        return Path(env)
-    try:
-        import kernel_lens
-    except ImportError:
-        return None
-    return Path(kernel_lens.__file__).parent / "include" / "tensorrt"
-
-
 def test_creators_and_plugins_behave_like_tensorrt_expects(cuda_libraries, tmp_path):
     """A small C++ harness drives getCreators / createPlugin / build and runtime capabilities like TensorRT."""
     cxx = shutil.which("g++") or shutil.which("c++")
-    cuda_inc, trt_inc = _cuda_include(), _trt_include()
+    cuda_inc, trt_inc = _cuda_include(), tensorrt_include_dir()
     if cxx is None or cuda_inc is None or trt_inc is None or not (trt_inc / "NvInferRuntime.h").is_file():
         pytest.skip("needs g++, the CUDA headers and the TensorRT headers")
     exe = tmp_path / "plugin_harness"

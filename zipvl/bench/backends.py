@@ -23,6 +23,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from ..errors import ZipVLError
 from ..reference.apply import SUPPORTED_ARCHITECTURES, disable, enable
 from ..reference.cache import ZipVLCache
+from ..reference.hf_compat import cache_kwargs
 from ..reference.policy import NullTimer, SectionTimer, TokenPolicy
 from .memory import kv_bytes, weight_bytes
 from .timing import make_clock
@@ -147,7 +148,8 @@ class TorchBackend(Backend):
                 _DENSE_TIMER[0] = timer
         try:
             seconds, out = self.clock.time(
-                lambda: self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1))
+                lambda: self.model(input_ids=ids, **cache_kwargs(self.model, cache), use_cache=True,
+                                   logits_to_keep=1))
         finally:
             stats = state.prefill_stats if state is not None else None
             if sparse:
@@ -164,7 +166,8 @@ class TorchBackend(Backend):
             enable(self.model, policy=self.policy)
         try:
             seconds, logits = self.clock.time(
-                lambda: self.model(input_ids=token.to(self.device), past_key_values=cache, use_cache=True).logits)
+                lambda: self.model(input_ids=token.to(self.device), **cache_kwargs(self.model, cache),
+                                   use_cache=True).logits)
         finally:
             if sparse:
                 disable(self.model)

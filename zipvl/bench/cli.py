@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 
-from ..errors import ZipVLError
+from ..console import add_debug_flag, entry_point
 from .backends import BACKENDS
 from .models import SHAPE_PRESETS
 from .runner import STAGES, BenchConfig, run_bench
@@ -65,26 +65,24 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--sla", help="budgets, e.g. ttft_ms=800,decode_tps=40,kv_mib=512: exit 3 when one is missed")
     o.add_argument("--no-progress", action="store_true", help="no progress bar")
     o.add_argument("--quiet", action="store_true", help="no tables (JSON / plot / SLA line only)")
+    add_debug_flag(p)
     return p
 
 
+@entry_point("zipvl-bench")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        budgets = parse_sla(args.sla) if args.sla else None
-        cfg = BenchConfig(
-            model=args.model, layers=args.layers, kept_ratio=args.kept_ratio, tau=args.tau, backend=args.backend,
-            device=args.device, dtype=args.dtype, engine=args.engine, dense_engine=args.dense_engine,
-            lengths=args.lengths, repeats=args.repeats,
-            warmup=args.warmup, crossover_lengths=args.crossover_lengths, crossover_repeats=args.crossover_repeats,
-            contexts=args.contexts, batches=args.batches, steps=args.steps, memory_budget_mib=args.memory_budget,
-            max_batch=args.max_batch, skip=tuple(s.strip() for s in args.skip.split(",") if s.strip()),
-            threads=args.threads, progress=not args.no_progress)
-        report = run_bench(cfg)
-    except ZipVLError as e:
-        print(f"zipvl-bench: error: {e}", file=sys.stderr)
-        return 2
+    budgets = parse_sla(args.sla) if args.sla else None
+    cfg = BenchConfig(
+        model=args.model, layers=args.layers, kept_ratio=args.kept_ratio, tau=args.tau, backend=args.backend,
+        device=args.device, dtype=args.dtype, engine=args.engine, dense_engine=args.dense_engine,
+        lengths=args.lengths, repeats=args.repeats,
+        warmup=args.warmup, crossover_lengths=args.crossover_lengths, crossover_repeats=args.crossover_repeats,
+        contexts=args.contexts, batches=args.batches, steps=args.steps, memory_budget_mib=args.memory_budget,
+        max_batch=args.max_batch, skip=tuple(s.strip() for s in args.skip.split(",") if s.strip()),
+        threads=args.threads, progress=not args.no_progress)
+    report = run_bench(cfg)
     from .report import plot, render, write_json
 
     if budgets:

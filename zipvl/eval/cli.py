@@ -9,6 +9,7 @@ import logging
 import sys
 
 from ..config import ZipVLConfig
+from ..console import add_debug_flag, entry_point
 from ..errors import ZipVLError
 from .tasks import TASKS, TaskOptions
 
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="zipvl-eval-out", help="output directory")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_debug_flag(p)
     return p
 
 
@@ -77,6 +79,7 @@ def load_model(name: str):
     return model.eval(), processor, name, False
 
 
+@entry_point("zipvl-eval")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
@@ -91,23 +94,19 @@ def main(argv: list[str] | None = None) -> int:
     baselines = () if args.baselines == ("none",) else args.baselines
     if args.match_taus is None:
         args.match_taus = (0.975,) if 0.975 in args.taus else (sorted(args.taus)[len(args.taus) // 2],)
-    try:
-        unknown = [t for t in args.tasks if t not in TASKS]
-        if unknown:
-            raise ZipVLError(f"unknown tasks {unknown}; choose from {', '.join(TASKS)}")
-        options = TaskOptions(contexts=args.contexts, depths=args.depths, needles=args.needles, limit=args.limit,
-                              seed=args.seed, n_images=args.n_images, jsonl=args.jsonl)
-        settings = EvalSettings(taus=args.taus, baselines=baselines, match_taus=args.match_taus, match=args.match,
-                                max_new_tokens=args.max_new_tokens, seed=args.seed,
-                                zipvl=ZipVLConfig(seed=args.seed))
-        model, processor, name, is_default = load_model(args.model)
-        report = run(model, processor, args.tasks, options, settings, model_name=name,
-                     fidelity_only_images=is_default, progress=not args.quiet,
-                     on_task=lambda partial: write_reports(partial, args.out, plots=False))
-        paths = write_reports(report, args.out, plots=not args.no_plots)
-    except ZipVLError as e:
-        print(f"zipvl-eval: error: {e}", file=sys.stderr)
-        return 2
+    unknown = [t for t in args.tasks if t not in TASKS]
+    if unknown:
+        raise ZipVLError(f"unknown tasks {unknown}; choose from {', '.join(TASKS)}")
+    options = TaskOptions(contexts=args.contexts, depths=args.depths, needles=args.needles, limit=args.limit,
+                          seed=args.seed, n_images=args.n_images, jsonl=args.jsonl)
+    settings = EvalSettings(taus=args.taus, baselines=baselines, match_taus=args.match_taus, match=args.match,
+                            max_new_tokens=args.max_new_tokens, seed=args.seed,
+                            zipvl=ZipVLConfig(seed=args.seed))
+    model, processor, name, is_default = load_model(args.model)
+    report = run(model, processor, args.tasks, options, settings, model_name=name,
+                 fidelity_only_images=is_default, progress=not args.quiet,
+                 on_task=lambda partial: write_reports(partial, args.out, plots=False))
+    paths = write_reports(report, args.out, plots=not args.no_plots)
     print(f"zipvl-eval: wrote {', '.join(str(p) for p in paths)} ({report['wall_s']:.0f} s)")
     return 0
 

@@ -19,6 +19,7 @@ from transformers import DynamicCache
 
 from ..reference.apply import disable, enable
 from ..reference.cache import ZipVLCache
+from ..reference.hf_compat import cache_kwargs
 from ..reference.policy import TokenPolicy
 from ..reference.stats import ForwardStats
 from .metrics import kl_divergence
@@ -72,7 +73,7 @@ def _step(model, token_ids: list[int], mask: torch.Tensor, cache) -> tuple[torch
     mask = torch.cat([mask, torch.ones(1, len(token_ids), dtype=mask.dtype, device=mask.device)], dim=1)
     # Unpadded prompt: no mask, so every model derives positions from the cache's logical length (Qwen2-VL would
     # otherwise rebuild positions for the whole masked length).
-    out = model(input_ids=ids, attention_mask=None if bool(mask.all()) else mask, past_key_values=cache,
+    out = model(input_ids=ids, attention_mask=None if bool(mask.all()) else mask, **cache_kwargs(model, cache),
                 use_cache=True)
     return torch.log_softmax(out.logits[0].float(), dim=-1), mask
 
@@ -115,7 +116,7 @@ def run_prompt(model, inputs: dict, policy: TokenPolicy | None, max_new_tokens: 
     try:
         cache = ZipVLCache() if policy is not None else DynamicCache()
         start = time.perf_counter()
-        out = model(**inputs, past_key_values=cache, use_cache=True)
+        out = model(**inputs, **cache_kwargs(model, cache), use_cache=True)
         prefill_s = time.perf_counter() - start
         first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
         stats = state.prefill_stats if state is not None else None

