@@ -12,14 +12,38 @@ from .config import ZipVLConfig
 from .console import add_debug_flag, entry_point
 
 
+def _demo_tasks(processor, args) -> list[tuple[str, dict, object]]:
+    """(name, model inputs, expected: list of answers | Needle) for the demo's three prompts."""
+    from .data import NEEDLES, needle_prompt
+    from .eval.tasks import Item, TaskOptions, build_inputs, make_items
+    from .pipeline import chat_inputs
+
+    if args.image:
+        item = Item(id="user", task="user", prompt=f"<<image>>\n{args.question}", answers=[], scorer="none",
+                    images=[args.image])
+    else:
+        item = make_items("easyvqa", None, TaskOptions(limit=args.vqa_item + 1, seed=0))[args.vqa_item]
+    canvas = make_items("scenes_long", None, TaskOptions(limit=1, seed=0))[0]
+    needle = NEEDLES[0]
+    text = chat_inputs(processor, needle_prompt(processor.tokenizer, args.context_tokens, depth=args.depth))
+    return [
+        (f"image + question ({'your image' if args.image else 'easy-vqa test image'}): {item.prompt.split(chr(10))[-1]}",
+         build_inputs(processor, item)[0], item.answers or None),
+        (f"sparse canvas, {len(canvas.images)} tiles: {canvas.prompt.split(chr(10))[-1]}",
+         build_inputs(processor, canvas)[0], canvas.answers),
+        (f"long text (~{args.context_tokens} tokens, planted fact)", text, needle),
+    ]
+
+
 def _demo(args) -> int:
     import torch
     from rich.console import Console
     from rich.table import Table
 
-    from .data import NEEDLES, answer_is_correct, load_image, needle_prompt
+    from .data import Needle, answer_is_correct
+    from .eval.metrics import score
     from .models import load_default_model
-    from .pipeline import chat_inputs, generate
+    from .pipeline import generate
 
     console = Console()
     config = ZipVLConfig(tau=args.tau)
@@ -29,38 +53,42 @@ def _demo(args) -> int:
         t0 = time.perf_counter()
         model, processor = load_default_model()
         load_s = time.perf_counter() - t0
-    console.print(f"[bold]embedded default[/]: SmolLM2-135M-Instruct in a LLaVA shell, loaded in {load_s:.1f} s; "
-                  f"ZipVL tau={config.tau}")
+    console.print(f"[bold]embedded default[/]: SmolLM2-135M-Instruct + trained vision tower (LLaVA), loaded in "
+                  f"{load_s:.1f} s; ZipVL tau={config.tau}")
+    tasks = _demo_tasks(processor, args)
 
-    needle = NEEDLES[0]
-    image = load_image(args.image)
-    tasks = [
-        ("image + question", chat_inputs(processor, [{"role": "user", "content": args.question}], images=[image]), None),
-        (f"long text (~{args.context_tokens} tokens, planted fact)",
-         chat_inputs(processor, needle_prompt(processor.tokenizer, args.context_tokens, depth=args.depth)), needle),
-    ]
+    def mark(text: str, expected) -> str:
+        if expected is None:
+            return ""
+        ok = answer_is_correct(text, expected) if isinstance(expected, Needle) else score("vqa", text, expected)
+        return " [green]✓[/]" if ok else " [red]✗[/]"
+
     with console.status("warming up"):  # first-call allocations would otherwise be billed to the dense run
         generate(model, processor, tasks[0][1], 2)
         generate(model, processor, tasks[0][1], 2, config=config)
     report = {"config": config.to_dict(), "tasks": []}
     for name, inputs, expected in tasks:
         n = inputs["input_ids"].shape[1]
-        console.rule(f"{name}: {n} prompt tokens")
+        console.rule(f"{name} [{n} prompt tokens]")
         dense = generate(model, processor, inputs, args.max_new_tokens, progress="dense")
         sparse = generate(model, processor, inputs, args.max_new_tokens, config=config, progress="zipvl")
         table = Table(show_header=True)
-        for col in ("", "answer", "TTFT s", "decode tok/s", "KV MiB"):
+        for col in ("", "answer", "TTFT s", "decode tok/s", "KV MiB", "kept visual / text"):
             table.add_column(col)
-        kv_dense = sparse.stats.kv_bytes_before / 2**20
-        kv_sparse = sparse.stats.kv_bytes_after / 2**20
-        for label, g, kv in (("dense", dense, kv_dense), ("zipvl", sparse, kv_sparse)):
-            ok = "" if expected is None else (" [green]✓[/]" if answer_is_correct(g.text[0], expected) else " [red]✗[/]")
-            table.add_row(label, repr(g.text[0].strip()) + ok, f"{g.ttft_s:.2f}", f"{g.decode_tps:.1f}", f"{kv:.2f}")
+        kv = {"dense": sparse.stats.kv_bytes_before / 2**20, "zipvl": sparse.stats.kv_bytes_after / 2**20}
+        kept = sparse.kept_by_type or {}
+        kept_text = " / ".join(f"{kept[k]:.2f}" if k in kept else "-" for k in ("visual", "text"))
+        if isinstance(expected, list):
+            console.print(f"expected: {expected[0]!r}")
+        for label, g in (("dense", dense), ("zipvl", sparse)):
+            table.add_row(label, repr(g.text[0].strip()) + mark(g.text[0], expected), f"{g.ttft_s:.2f}",
+                          f"{g.decode_tps:.1f}", f"{kv[label]:.2f}", "1.00 / 1.00" if label == "dense" else kept_text)
         console.print(table)
         console.print(sparse.stats.summary())
         report["tasks"].append({
             "task": name, "prompt_tokens": n, "dense_answer": dense.text[0], "zipvl_answer": sparse.text[0],
-            "dense_ttft_s": dense.ttft_s, "zipvl_ttft_s": sparse.ttft_s, "zipvl": sparse.stats.to_dict(),
+            "dense_ttft_s": dense.ttft_s, "zipvl_ttft_s": sparse.ttft_s, "kept_by_type": kept,
+            "zipvl": sparse.stats.to_dict(),
         })
     if args.json:
         with open(args.json, "w") as f:
@@ -74,11 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the embedded default dense and with ZipVL on an image and a long text")
     demo.add_argument("--tau", type=float, default=0.975)
-    demo.add_argument("--image", default="skimage:astronaut", help="image file or skimage:<name>")
-    demo.add_argument("--question", default="Describe the image in one sentence.")
+    demo.add_argument("--image", help="your own image file or skimage:<name> (default: an easy-vqa test image)")
+    demo.add_argument("--question", default="what shape is in the image?", help="asked about --image")
+    demo.add_argument("--vqa-item", type=int, default=11,
+                      help="which seeded easy-vqa test question (default 11: a colour question v2 answers right)")
     demo.add_argument("--context-tokens", type=int, default=1500)
     demo.add_argument("--depth", type=float, default=0.5, help="relative depth of the planted fact")
-    demo.add_argument("--max-new-tokens", type=int, default=24)
+    demo.add_argument("--max-new-tokens", type=int, default=12)
     demo.add_argument("--threads", type=int, default=0)
     demo.add_argument("--json", help="also write a JSON report here")
     demo.set_defaults(func=_demo)

@@ -14,7 +14,8 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from .config import ZipVLConfig
 from .errors import ZipVLInputError
 from .reference.apply import disable, enable
-from .reference.hf_compat import output_cache
+from .reference.cache import ZipVLCache
+from .reference.hf_compat import image_token_id, output_cache
 from .reference.stats import ForwardStats
 
 
@@ -53,6 +54,8 @@ class Generation:
     total_s: float
     stats: ForwardStats | None = None  # ZipVL prefill statistics (None when dense)
     cache_lengths: list = field(default_factory=list)
+    kept_by_type: dict | None = None  # ZipVL: mean over layers of the prompt's visual / text tokens kept
+
 
     @property
     def decode_tps(self) -> float:
@@ -85,5 +88,20 @@ def generate(model, processor, inputs, max_new_tokens: int = 32, config: ZipVLCo
     new = out.sequences[:, inputs["input_ids"].shape[1]:]
     cache = output_cache(out)
     lengths = cache.physical_lengths() if hasattr(cache, "physical_lengths") else []
+    kept = kept_by_type(cache, inputs["input_ids"], image_token_id(model)) \
+        if isinstance(cache, ZipVLCache) else None
     return Generation(text=tokenizer.batch_decode(new, skip_special_tokens=True), tokens=new,
-                      ttft_s=ticker.first_token_s or total, total_s=total, stats=stats, cache_lengths=lengths)
+                      ttft_s=ticker.first_token_s or total, total_s=total, stats=stats, cache_lengths=lengths,
+                      kept_by_type=kept)
+
+
+def kept_by_type(cache: ZipVLCache, input_ids: torch.Tensor, image_token_id: int | None) -> dict:
+    """Mean over layers of the fraction of the first prompt's visual and text tokens the cache still holds."""
+    ids = input_ids[0]
+    visual = ids == image_token_id if image_token_id is not None else torch.zeros_like(ids, dtype=torch.bool)
+    out = {}
+    for name, mask in (("visual", visual), ("text", ~visual)):
+        if mask.any():
+            per_layer = cache.retained_fraction(mask)
+            out[name] = sum(per_layer) / len(per_layer)
+    return out

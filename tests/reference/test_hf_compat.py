@@ -41,21 +41,22 @@ def test_pop_cache_takes_either_name_and_rejects_two_caches():
         pop_cache({"cache": a, "past_key_values": b})
 
 
-@pytest.mark.parametrize("name", CACHE_ARGUMENTS)
 @torch.no_grad()
-def test_generate_evicts_whichever_name_the_cache_is_passed_under(name):
+def test_generate_evicts_under_the_current_and_the_legacy_cache_name():
     model = tiny_model("llama")
     inputs = tiny_inputs("llama", text_len=120).kwargs
     zipvl.enable(model, CONFIG)
-    cache = zipvl.ZipVLCache()
-    out = model.generate(**inputs, max_new_tokens=4, do_sample=False, return_dict_in_generate=True,
-                         pad_token_id=0, **{name: cache})
-    assert output_cache(out) is cache
-    prompt = inputs["input_ids"].shape[1]
-    assert cache.stats and cache.stats[0].phase == "prefill"
-    kept = cache.stats[0].layers[0].kept[0]
-    assert kept < prompt  # tau 0.9 on random weights evicts something
-    assert cache.physical_lengths()[0] == [kept + 3]  # 4 new tokens, the last one never fed
+    # past_key_values is the name up to 5.23 and a deprecated alias after: users pass both.
+    for name in sorted({cache_argument(model), "past_key_values"}):
+        cache = zipvl.ZipVLCache()
+        out = model.generate(**inputs, max_new_tokens=4, do_sample=False, return_dict_in_generate=True,
+                             pad_token_id=0, **{name: cache})
+        assert output_cache(out) is cache, name
+        prompt = inputs["input_ids"].shape[1]
+        assert cache.stats and cache.stats[0].phase == "prefill"
+        kept = cache.stats[0].layers[0].kept[0]
+        assert kept < prompt  # tau 0.9 on random weights evicts something
+        assert cache.physical_lengths()[0] == [kept + 3]  # 4 new tokens, the last one never fed
 
 
 @torch.no_grad()
@@ -103,3 +104,18 @@ def test_returned_cache_must_be_zipvls():
     model.register_forward_hook(swap_output, with_kwargs=True, prepend=True)
     with pytest.raises(ZipVLIntegrationError, match="replaced zipvl's cache with a DynamicCache"):
         model(**inputs, use_cache=True)
+
+
+def test_retained_fraction_reads_original_slots():
+    cache = zipvl.ZipVLCache()
+    n, keep_sets = 10, [{0, 3, 4, 9}, {1, 2, 3}]
+    for idx, keep in enumerate(keep_sets):
+        k = torch.randn(1, 2, n, 4)
+        cache.update(k, k.clone(), idx)
+        cache.layers[idx].keep(torch.tensor([[i in keep for i in range(n)]]))
+    cache.update(torch.randn(1, 2, 1, 4), torch.randn(1, 2, 1, 4), 0)  # a decoded token: not a prompt position
+    visual = torch.tensor([i in (2, 3, 4, 5) for i in range(n)])
+    expected = [len(keep & {2, 3, 4, 5}) / 4 for keep in keep_sets]
+    assert cache.retained_fraction(visual) == expected
+    assert cache.retained_fraction(torch.tensor([2, 3, 4, 5])) == expected
+    assert cache.retained_fraction(~visual) == [len(keep - {2, 3, 4, 5}) / 6 for keep in keep_sets]

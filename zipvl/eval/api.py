@@ -8,17 +8,12 @@ import time
 from .evaluate import EvalSettings, evaluate_items
 from .tasks import TaskOptions, make_items
 
-FIDELITY_NOTE = ("The embedded default has an untrained (seeded random) vision tower: its answers about images carry "
-                 "no visual information, so on this task accuracy is meaningless and the numbers measure fidelity to "
-                 "the dense model only.")
-
 
 def run(model, processor, tasks=("needle",), options: TaskOptions | None = None,
-        settings: EvalSettings | None = None, model_name: str = "model", fidelity_only_images: bool = False,
+        settings: EvalSettings | None = None, model_name: str = "model",
         progress: bool = True, on_task=None) -> dict:
     """Evaluate ``tasks`` (names from :data:`zipvl.eval.tasks.TASKS`) for dense, ZipVL and the baselines.
 
-    ``fidelity_only_images``: mark image tasks as fidelity-only (the embedded default's vision tower is untrained).
     ``on_task(report)``: called after each task (e.g. to write partial reports). Every task's items are built (and
     their data checked) before the first model run.
     """
@@ -33,9 +28,6 @@ def run(model, processor, tasks=("needle",), options: TaskOptions | None = None,
     built = {task: make_items(task, tokenizer, options) for task in tasks}
     for task, items in built.items():
         result = evaluate_items(model, processor, items, settings, task=task, progress=progress)
-        if fidelity_only_images and any(item.images for item in items):
-            result["note"] = FIDELITY_NOTE
-            result["fidelity_only"] = True
         report["tasks"][task] = result
         report["wall_s"] = time.perf_counter() - start
         if on_task is not None:

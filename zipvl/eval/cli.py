@@ -59,14 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_model(name: str):
-    """(model, processor, display name, is the embedded default)."""
+    """(model, processor, display name)."""
     import torch
 
     if name == "default":
         from ..models import load_default_model
 
         model, processor = load_default_model()
-        return model, processor, "embedded default: SmolLM2-135M-Instruct in a LLaVA shell (untrained vision tower)", True
+        return model, processor, "embedded default: SmolLM2-135M-Instruct + trained vision tower (LLaVA)"
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
     config = AutoConfig.from_pretrained(name, local_files_only=True)
@@ -76,7 +76,7 @@ def load_model(name: str):
     else:
         model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, local_files_only=True)
         processor = AutoTokenizer.from_pretrained(name, local_files_only=True)
-    return model.eval(), processor, name, False
+    return model.eval(), processor, name
 
 
 @entry_point("zipvl-eval")
@@ -102,9 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = EvalSettings(taus=args.taus, baselines=baselines, match_taus=args.match_taus, match=args.match,
                             max_new_tokens=args.max_new_tokens, seed=args.seed,
                             zipvl=ZipVLConfig(seed=args.seed))
-    model, processor, name, is_default = load_model(args.model)
+    model, processor, name = load_model(args.model)
     report = run(model, processor, args.tasks, options, settings, model_name=name,
-                 fidelity_only_images=is_default, progress=not args.quiet,
+                 progress=not args.quiet,
                  on_task=lambda partial: write_reports(partial, args.out, plots=False))
     paths = write_reports(report, args.out, plots=not args.no_plots)
     print(f"zipvl-eval: wrote {', '.join(str(p) for p in paths)} ({report['wall_s']:.0f} s)")

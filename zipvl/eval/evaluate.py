@@ -81,7 +81,9 @@ def item_record(item: Item, trace: Trace, text: str, n_tokens: int) -> dict:
                    mean_kl=sum(trace.tf_kl) / len(trace.tf_kl), exact_match=all(trace.tf_agree))
     else:  # the dense reference itself
         rec.update(first_top1=True, first_kl=0.0, top1_agreement=1.0, mean_kl=0.0, exact_match=True)
-    if trace.retention is not None:
+    if trace.retention is not None and item.images:  # the focus of an image item is its image tokens
+        rec["visual_kept"], rec["text_kept"] = trace.retention, trace.rest_retention
+    elif trace.retention is not None:
         rec["focus_retention"] = trace.retention
     return rec
 
@@ -100,8 +102,11 @@ def summarize(records: list[dict]) -> dict:
                                                             for r in records])
     layers = [r["layer_ratios"] for r in records if r.get("layer_ratios")]
     out["layer_ratios"] = [sum(col) / len(col) for col in zip(*layers)] if layers else None
-    keep = [r["focus_retention"] for r in records if r.get("focus_retention")]
-    out["focus_retention"] = [sum(col) / len(col) for col in zip(*keep)] if keep else None
+    for key in ("focus_retention", "visual_kept", "text_kept"):  # per layer, mean over items
+        keep = [r[key] for r in records if r.get(key)]
+        out[key] = [sum(col) / len(col) for col in zip(*keep)] if keep else None
+    for key in ("visual_kept", "text_kept"):
+        out[f"mean_{key}"] = sum(out[key]) / len(out[key]) if out[key] else None
     return out
 
 

@@ -18,13 +18,16 @@ def _f(x, digits=3, pct=False):
 
 
 def method_table(result: dict) -> list[str]:
-    rows = [("| method | target ratio | kept ratio | accuracy | exact match | top-1 (1st) | top-1 (answer) | KL 1st | "
-             "KL mean | attn FLOPs -% | KV -% |"), "|" + "---|" * 11]
+    rows = [("| method | target ratio | kept ratio | kept visual / text | accuracy | exact match | top-1 (1st) | "
+             "top-1 (answer) | KL 1st | KL mean | attn FLOPs -% | KV -% |"), "|" + "---|" * 12]
     for key, entry in result["methods"].items():
         s = entry["summary"]
         target = entry["target_ratio"]
         target = target if isinstance(target, str) else _f(target)
-        rows.append(f"| {key} | {target} | {_f(s['mean_ratio'])} | {_f(s['accuracy'], 2)} | {_f(s['exact_match'], 2)} "
+        split = (f"{_f(s.get('mean_visual_kept'), 2)} / {_f(s.get('mean_text_kept'), 2)}"
+                 if s.get("mean_visual_kept") is not None else "-")
+        rows.append(f"| {key} | {target} | {_f(s['mean_ratio'])} | {split} | {_f(s['accuracy'], 2)} | "
+                    f"{_f(s['exact_match'], 2)} "
                     f"| {_f(s['first_top1'], 2)} | {_f(s['top1_agreement'], 2)} | {_f(s['first_kl'], 4)} | "
                     f"{_f(s['mean_kl'], 4)} | {_f(s['attn_flops_reduction'], pct=True)} | "
                     f"{_f(s['kv_reduction'], pct=True)} |")
@@ -107,8 +110,7 @@ def plot_task(result: dict, out_dir: Path, name: str) -> list[str]:
     written = []
     methods = result["methods"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    # fidelity-only tasks (untrained vision tower): top-1 agreement with dense instead of a meaningless accuracy
-    first = ("top1_agreement", "top-1 agreement with dense") if result.get("fidelity_only") else ("accuracy", "accuracy")
+    first = ("accuracy", "accuracy")
     for ax, (metric, label) in zip(axes, (first, ("exact_match", "exact match vs dense"))):
         dense = methods.get("dense", {}).get("summary", {}).get(metric)
         if dense is not None:
@@ -142,7 +144,10 @@ def plot_task(result: dict, out_dir: Path, name: str) -> list[str]:
         ratios = e["summary"].get("layer_ratios")
         if not ratios or e["method"] not in ("zipvl", "fastv", "snapkv"):
             continue
-        ax.plot(range(len(ratios)), ratios, marker=".", label=key, ls="-" if e["method"] == "zipvl" else ":")
+        line, = ax.plot(range(len(ratios)), ratios, marker=".", label=key, ls="-" if e["method"] == "zipvl" else ":")
+        visual = e["summary"].get("visual_kept")
+        if visual and e["method"] == "zipvl":  # image tasks: the visual tokens alone, same colour, dashed
+            ax.plot(range(len(visual)), visual, ls="--", color=line.get_color(), label=f"{key} visual")
     ax.set_xlabel("layer")
     ax.set_ylabel("kept ratio p/n")
     ax.set_ylim(0, 1.05)

@@ -19,7 +19,7 @@ from transformers import DynamicCache
 
 from ..reference.apply import disable, enable
 from ..reference.cache import ZipVLCache
-from ..reference.hf_compat import cache_kwargs
+from ..reference.hf_compat import cache_kwargs, image_token_id
 from ..reference.policy import TokenPolicy
 from ..reference.stats import ForwardStats
 from .metrics import kl_divergence
@@ -35,6 +35,7 @@ class Trace:
     decode_s: float
     stats: ForwardStats | None = None
     retention: list[float] | None = None  # per layer: fraction of the focus tokens left in the cache after prefill
+    rest_retention: list[float] | None = None  # the same for every other prompt token
     tf_agree: list[bool] = field(default_factory=list)  # per dense position: same top-1 as dense
     tf_kl: list[float] = field(default_factory=list)  # per dense position: KL(P_dense || P_method), nats
     reused_reference: bool = False
@@ -48,15 +49,6 @@ def eos_ids(model, tokenizer) -> set[int]:
             continue
         ids.update([value] if isinstance(value, int) else list(value))
     return ids
-
-
-def image_token_id(model) -> int | None:
-    cfg = model.config
-    for name in ("image_token_index", "image_token_id"):
-        value = getattr(cfg, name, None)
-        if isinstance(value, int):
-            return value
-    return None
 
 
 def prepare(model, inputs: dict) -> dict:
@@ -91,15 +83,13 @@ def _greedy(model, first: torch.Tensor, mask: torch.Tensor, cache, max_new_token
     return tokens, torch.stack(logps)
 
 
-def _retention(cache, focus: list[int]) -> list[float] | None:
+def _retention(cache, focus: list[int], n: int) -> tuple[list[float], list[float]] | tuple[None, None]:
+    """Per layer: fraction of the focus positions and of the other prompt positions left after prefill."""
     if not focus or not isinstance(cache, ZipVLCache):
-        return None
-    want = torch.tensor(focus)
-    out = []
-    for layer in cache.layers:
-        slots = layer.slots[0][layer.valid[0]].cpu()
-        out.append(float(torch.isin(want, slots).float().mean()))
-    return out
+        return None, None
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[torch.tensor(focus)] = True
+    return cache.retained_fraction(mask), cache.retained_fraction(~mask)
 
 
 @torch.no_grad()
@@ -120,8 +110,9 @@ def run_prompt(model, inputs: dict, policy: TokenPolicy | None, max_new_tokens: 
         prefill_s = time.perf_counter() - start
         first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
         stats = state.prefill_stats if state is not None else None
+        retention, rest = _retention(cache, focus, inputs["input_ids"].shape[1])
         trace = Trace(tokens=[], logprobs=None, prefill_s=prefill_s, decode_s=0.0, stats=stats,
-                      retention=_retention(cache, focus))
+                      retention=retention, rest_retention=rest)
         mask = inputs.get("attention_mask")
         if mask is None:
             mask = torch.ones_like(inputs["input_ids"])

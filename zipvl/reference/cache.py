@@ -131,6 +131,22 @@ class ZipVLCache(DynamicCache):
         """Valid entries per layer per sequence: differs by layer after eviction."""
         return [layer.lengths() for layer in self.layers]
 
+    def retained_fraction(self, positions: torch.Tensor, row: int = 0) -> list[float]:
+        """Per layer: the fraction of the original ``positions`` (a bool mask over the prompt, or indices) that
+        sequence ``row`` still holds, read from the entries' original slots."""
+        if positions.dtype != torch.bool:
+            mask = torch.zeros(int(positions.max()) + 1 if positions.numel() else 0, dtype=torch.bool)
+            mask[positions] = True
+            positions = mask
+        positions = positions.cpu()
+        want = int(positions.sum())
+        out = []
+        for layer in self.layers:
+            slots = layer.slots[row][layer.valid[row]].cpu()
+            slots = slots[slots < positions.shape[0]]
+            out.append(float(positions[slots].sum()) / want if want else 1.0)
+        return out
+
     def nbytes(self) -> int:
         """Bytes held by K/V tensors now (after eviction)."""
         return sum(layer.nbytes() for layer in self.layers)

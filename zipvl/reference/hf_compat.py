@@ -53,3 +53,13 @@ def output_cache(output):
         if cache is not None:
             return cache
     return None
+
+
+def image_token_id(model) -> int | None:
+    """The image placeholder token of a VLM config (``image_token_index`` or ``image_token_id`` by architecture)."""
+    cfg = model.config
+    for name in ("image_token_index", "image_token_id"):
+        value = getattr(cfg, name, None)
+        if isinstance(value, int):
+            return value
+    return None

@@ -1,0 +1,66 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Procedural scenes: deterministic, objects inside their tiles, answers that follow from the scene."""
+
+import random
+
+import numpy as np
+import pytest
+
+from zipvl.data.scenes import COLORS, NUMBERS, SHAPES, random_scene, scene_question, tiles
+from zipvl.eval.tasks import IMAGE_MARK, TaskOptions, make_items
+
+
+def _has_color(img, rgb, tol=8) -> bool:
+    a = np.asarray(img).astype(int)
+    return bool((np.abs(a - np.array(rgb)).max(-1) <= tol).sum() > 20)
+
+
+@pytest.mark.parametrize("side", [1, 2, 4])
+def test_objects_lie_in_their_tiles_only(side):
+    rng = random.Random(side)
+    for _ in range(5):
+        scene = random_scene(rng, side, side, 112, min(3, side * side))
+        image = scene.render()
+        assert image.size == (112 * side, 112 * side)
+        assert np.array_equal(np.asarray(image), np.asarray(scene.render()))  # seeded
+        parts = tiles(image, 112)
+        assert len(parts) == side * side and all(p.size == (112, 112) for p in parts)
+        for s in scene.shapes:
+            for j, part in enumerate(parts):
+                inside = (j // side, j % side) == s.tile
+                assert _has_color(part, COLORS[s.color]) == inside, (s, j)
+
+
+def test_answers_follow_from_the_scene():
+    rng = random.Random(0)
+    seen = set()
+    for _ in range(300):
+        scene = random_scene(rng, 2, 2, 112, rng.randint(1, 3))
+        q, a = scene_question(rng, scene)
+        words = q.rstrip("?").split()
+        kinds = [s.shape for s in scene.shapes]
+        if q.startswith("what color is the"):
+            (s,) = [s for s in scene.shapes if s.shape == words[-1]]  # asked only about a unique shape
+            assert a == s.color and a in COLORS
+        elif q.startswith("what is the"):
+            assert a == next(s.shape for s in scene.shapes if s.color == words[3]) and a in SHAPES
+        elif q.startswith("how many"):
+            assert a == NUMBERS[len(kinds)]
+        else:
+            color, shape = words[3], words[4]
+            assert a == ("yes" if any(s.color == color and s.shape == shape for s in scene.shapes) else "no")
+        seen.add(q.split()[0] + ("" if a not in ("yes", "no") else a))
+    assert seen >= {"what", "how", "isyes", "isno"}
+
+
+@pytest.mark.parametrize("task,tiles_per_item", [("scenes", 4), ("scenes_long", 16), ("multi_image", 4)])
+def test_scene_tasks(task, tiles_per_item, tmp_path, monkeypatch):
+    monkeypatch.setenv("ZIPVL_CACHE", str(tmp_path))
+    opts = TaskOptions(limit=6, seed=2, n_images=4)
+    items = make_items(task, None, opts)
+    assert [i.answers for i in items] == [i.answers for i in make_items(task, None, opts)]  # seeded
+    for item in items:
+        assert len(item.images) == tiles_per_item and item.prompt.count(IMAGE_MARK) == tiles_per_item
+        assert item.scorer == "vqa" and len(item.answers) == 1
+        if task == "multi_image":
+            assert "how many" not in item.prompt

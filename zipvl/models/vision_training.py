@@ -1,0 +1,187 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Train the default model's vision tower + projector against the frozen SmolLM2 (the LLaVA recipe: answer loss
+through the frozen LM), on offline data only: the easy-vqa train split and procedural scenes (:mod:`zipvl.data.scenes`)
+as single images, tiled canvases and multi-image prompts. Seeded end to end; ``scripts/train_vision.py`` is the CLI.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from ..data.scenes import random_scene, scene_question, tiles
+from .vision import IMAGE_SIZE, TRAINABLE_PREFIXES
+
+VQA_SUFFIX = "Answer the question using a single word or phrase."  # the eval tasks' prompt (zipvl.eval.tasks)
+IMAGE_MARK = "<image>"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 800
+    batch: int = 8
+    lr: float = 1e-3
+    min_lr: float = 5e-5
+    warmup: int = 40
+    weight_decay: float = 0.01
+    seed: int = 0
+    threads: int = 2
+    bf16: bool = True
+    # sample mix (fractions of the batches): easy-vqa, 1x1 scene, 2x2 tiles, 3x3 tiles, multi-image
+    mix: tuple[float, ...] = (0.6, 0.15, 0.15, 0.0, 0.1)
+
+
+@dataclass
+class Sample:
+    prompt: str  # user turn, with IMAGE_MARK per image
+    images: list
+    answer: str
+    kind: str
+
+
+def _upscale(img):
+    from PIL import Image
+
+    return img.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE), Image.BICUBIC)
+
+
+def canvas_prompt(n_tiles: int, cols: int, question: str) -> str:
+    """A tiled canvas: one image per tile, a newline after each row of tiles."""
+    rows = [IMAGE_MARK * cols for _ in range(n_tiles // cols)]
+    return "\n".join(rows) + f"\n{question} {VQA_SUFFIX}"
+
+
+def multi_image_prompt(n: int, question: str) -> str:
+    return "\n".join(f"Image {i + 1}: {IMAGE_MARK}" for i in range(n)) + f"\n{question} {VQA_SUFFIX}"
+
+
+class SampleStream:
+    """Seeded, endless stream of training batches; each batch is one kind, so padding stays small."""
+
+    KINDS = ("easyvqa", "scene1", "tiles2", "tiles3", "multi")
+
+    def __init__(self, seed: int, mix: tuple[float, ...]):
+        from easy_vqa import get_train_image_paths, get_train_questions
+
+        self.rng = random.Random(seed)
+        self.questions, self.answers, self.image_ids = get_train_questions()
+        self.paths = get_train_image_paths()
+        self.mix = mix
+        self._order: list[int] = []
+
+    def _easyvqa(self) -> Sample:
+        from PIL import Image
+
+        if not self._order:
+            self._order = list(range(len(self.questions)))
+            self.rng.shuffle(self._order)
+        i = self._order.pop()
+        img = _upscale(Image.open(self.paths[self.image_ids[i]]))
+        return Sample(f"{IMAGE_MARK}\n{self.questions[i]} {VQA_SUFFIX}", [img], self.answers[i], "easyvqa")
+
+    def _tiled(self, side: int) -> Sample:
+        rng = self.rng
+        scene = random_scene(rng, side, side, IMAGE_SIZE, rng.randint(1, min(3, side * side)),
+                             distinct_shapes=rng.random() < 0.5)
+        question, answer = scene_question(rng, scene)
+        parts = tiles(scene.render(), IMAGE_SIZE)
+        return Sample(canvas_prompt(len(parts), side, question), parts, answer, f"tiles{side}")
+
+    def _multi(self) -> Sample:
+        """2-4 images, one object each, distinct shapes where asked about: the question names a shape or colour."""
+        rng = self.rng
+        n = rng.randint(2, 4)
+        scene = random_scene(rng, 1, n, IMAGE_SIZE, n, distinct_shapes=n <= 3)
+        question, answer = scene_question(rng, scene)
+        if question.startswith("how many"):
+            question, answer = "how many images show a shape?", {1: "one", 2: "two", 3: "three", 4: "four"}[n]
+        return Sample(multi_image_prompt(n, question), tiles(scene.render(), IMAGE_SIZE), answer, "multi")
+
+    def batch(self, size: int) -> list[Sample]:
+        kind = self.rng.choices(self.KINDS, weights=self.mix)[0]
+        make = {"easyvqa": self._easyvqa, "scene1": lambda: self._tiled(1), "tiles2": lambda: self._tiled(2),
+                "tiles3": lambda: self._tiled(3), "multi": self._multi}[kind]
+        return [make() for _ in range(size)]
+
+
+def chat_prompt(tokenizer, user: str) -> str:
+    return tokenizer.apply_chat_template([{"role": "user", "content": user}], add_generation_prompt=True,
+                                         tokenize=False)
+
+
+def encode_batch(processor, samples: list[Sample]) -> dict:
+    """Right-padded inputs with labels on the answer tokens (+ end of turn) only."""
+    tok = processor.tokenizer
+    rows, labels, pixels = [], [], []
+    for s in samples:
+        enc = processor(text=chat_prompt(tok, s.prompt), images=s.images, return_tensors="pt")
+        ids = enc["input_ids"][0].tolist()
+        target = tok(s.answer + "<|im_end|>", add_special_tokens=False)["input_ids"]
+        rows.append(ids + target)
+        labels.append([-100] * len(ids) + target)
+        pixels.append(enc["pixel_values"])
+    width = max(len(r) for r in rows)
+    pad = tok.pad_token_id
+    input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+    attention = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    label_t = torch.tensor([lab + [-100] * (width - len(lab)) for lab in labels])
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": label_t,
+            "pixel_values": torch.cat(pixels)}
+
+
+def freeze_language_model(model) -> list[torch.nn.Parameter]:
+    """Only the tower + projector learn; returns their parameters."""
+    params = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith(TRAINABLE_PREFIXES))
+        if p.requires_grad:
+            params.append(p)
+    return params
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * t))
+
+
+def train(model, processor, cfg: TrainConfig, log=print) -> list[dict]:
+    """Runs ``cfg.steps`` AdamW steps in place; returns the per-step log (loss, kind, lr, seconds)."""
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    params = freeze_language_model(model)
+    model.train()
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    stream = SampleStream(cfg.seed, cfg.mix)
+    history = []
+    start = time.perf_counter()
+    for step in range(cfg.steps):
+        samples = stream.batch(cfg.batch)
+        inputs = encode_batch(processor, samples)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            loss = model(**inputs, use_cache=False).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        history.append({"step": step, "loss": loss.item(), "kind": samples[0].kind, "lr": lr_at(step, cfg),
+                        "tokens": int(inputs["input_ids"].shape[1]), "seconds": time.perf_counter() - start})
+        if step % 20 == 0 or step == cfg.steps - 1:
+            recent = [h["loss"] for h in history[-20:]]
+            log(f"step {step:5d}  loss {sum(recent) / len(recent):.3f}  ({samples[0].kind}, "
+                f"{inputs['input_ids'].shape[1]} tok)  {time.perf_counter() - start:.0f} s")
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return history
+
+
+def config_dict(cfg: TrainConfig) -> dict:
+    return asdict(cfg)
