@@ -56,7 +56,6 @@ class Generation:
     cache_lengths: list = field(default_factory=list)
     kept_by_type: dict | None = None  # ZipVL: mean over layers of the prompt's visual / text tokens kept
 
-
     @property
     def decode_tps(self) -> float:
         steps = self.tokens.shape[1] - 1

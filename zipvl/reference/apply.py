@@ -104,7 +104,8 @@ def _pre_forward(state: ZipVLState):
         elif isinstance(cache, DynamicCache) and not isinstance(cache, ZipVLCache):
             if cache.get_seq_length() > 0:
                 raise ZipVLInputError(
-                    "ZipVL needs to run the prefill itself: pass cache=zipvl.ZipVLCache() or an empty cache"
+                    f"ZipVL needs to run the prefill itself: pass {state.cache_argument}=zipvl.ZipVLCache() or an "
+                    "empty cache"
                 )
             cache = ZipVLCache()
         elif cache is not None and not isinstance(cache, ZipVLCache):
