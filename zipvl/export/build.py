@@ -73,6 +73,10 @@ def build_engine(model, out_dir: str | Path, ops: str = "standard", config: ZipV
     desc = describe(model)
     if config.min_length > 0:
         raise ZipVLInputError("engines do not implement the min_length dense fallback yet; build with min_length=0")
+    if config.variants():
+        raise ZipVLInputError("engines implement the paper's selection only, not the ZipVLConfig variant "
+                              + ", ".join(f"{k}={v!r}" for k, v in config.variants().items())
+                              + "; build with these fields at their defaults")
     bad = [i for i in config.dense_layers if i >= desc["num_layers"]]
     if bad:
         raise ZipVLInputError(f"dense_layers {bad} out of range: the model has {desc['num_layers']} layers")

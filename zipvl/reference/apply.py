@@ -177,6 +177,7 @@ def enable(model, config: ZipVLConfig | None = None, policy: TokenPolicy | None 
     bad = [i for i in policy.config.dense_layers if i >= len(layers)]
     if bad:
         raise ZipVLInputError(f"dense_layers {bad} out of range: the model has {len(layers)} layers")
+    policy.config.layer_floor(0, len(layers))  # a per-layer min_ratio must match the depth: fail here, not mid-forward
     state = ZipVLState(model, policy, layers)
     text_cfg = model.config.get_text_config(decoder=True)
     state._saved_attn = {"text": text_cfg._attn_implementation,

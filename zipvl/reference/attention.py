@@ -79,6 +79,8 @@ def _prefill(module, state, layer: ZipVLLayer | None, query, key, value, attenti
     else:
         mode = "sparse" if policy.sparse_prefill else "evict_only"
         kept, out, counts, probe_cost = _select_and_attend(policy, state, idx, query, key, value, valid, scaling)
+    # The cache may keep more than the sparse attention used (tau_evict): stats count both, the cache by its own set.
+    cached = kept.sum(dim=-1).tolist()
     if layer is not None:
         with state.timer.section("evict", query.device):
             layer.keep(kept)
@@ -88,19 +90,20 @@ def _prefill(module, state, layer: ZipVLLayer | None, query, key, value, attenti
     kv_entry = 2 * h_kv * d * key.element_size()
     state.record(
         LayerStats(
-            layer=idx, phase="prefill", mode=mode, length=lengths, kept=counts,
+            layer=idx, phase="prefill", mode=mode, length=lengths, kept=counts if sparse else cached,
             attn_flops_dense=sum(causal_attention_flops(x, h, d) for x in lengths),
             attn_flops_zipvl=sum(causal_attention_flops(p, h, d) for p in (counts if sparse else lengths)) + probe_cost,
             probe_flops=probe_cost,
-            kv_bytes_before=kv_entry * sum(lengths), kv_bytes_after=kv_entry * sum(counts),
-            cache_length=layer.lengths() if layer is not None else list(counts),
+            kv_bytes_before=kv_entry * sum(lengths), kv_bytes_after=kv_entry * sum(cached),
+            cache_length=layer.lengths() if layer is not None else cached,
         )
     )
     return out
 
 
 def _select_and_attend(policy, state, idx, query, key, value, valid, scaling):
-    """Run the policy and the sparse attention; with padding, each row works on its valid tokens only."""
+    """Run the policy and the sparse attention; with padding, each row works on its valid tokens only.
+    -> (the cache's kept set (B, n), attention output, the attention's kept counts, probe FLOPs)."""
     b, h, n, d = query.shape
     if valid is None:  # the whole batch at once; outputs come straight from the policy and sparse_attention
         groups = [(slice(None), None)]
@@ -122,11 +125,11 @@ def _select_and_attend(policy, state, idx, query, key, value, valid, scaling):
                 o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling,
                                                    enable_gqa=h != k.shape[1])
         if cols is None:
-            kept, out = sel.kept, o
+            kept, out = sel.cache_kept, o
             counts = sel.count.tolist()
         else:
             i = sl.start
-            kept[i, cols[sel.kept[0]]] = True
+            kept[i, cols[sel.cache_kept[0]]] = True
             out[i : i + 1, :, cols] = o
             counts[i] = int(sel.count[0])
     return kept, out, counts, probe_cost
@@ -158,7 +161,7 @@ def _reselect_window(module, state, layer: ZipVLLayer, query, key, visible, scal
     probs = torch.softmax(logits.masked_fill(~visible, float("-inf")), dim=-1).sum(dim=(1, 2))  # (B, L)
     window = layer.valid & (layer.slots >= layer.logical - w)
     window_mass = probs[window].view(b, w)
-    kept_window = select_window(window_mass, state.policy.config.tau, h)
+    kept_window = select_window(window_mass, state.policy.config.evict_tau, h)
     keep = ~window
     keep[window] = kept_window.reshape(-1)
     kv_entry = 2 * key.shape[1] * d * key.element_size()

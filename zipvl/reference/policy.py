@@ -17,7 +17,8 @@ import torch
 
 from ..config import ZipVLConfig
 from ..errors import ZipVLConfigError
-from .selection import Selection, adaptive_count, probe_positions, score_tokens, top_by_score
+from .selection import Selection, probe_positions, score_tokens, top_by_score
+from .variants import keep_set, pool_tokens, protected_tokens, span_probes
 
 
 class SectionTimer:
@@ -83,19 +84,47 @@ class TokenPolicy:
 
 
 class ZipVLPolicy(TokenPolicy):
-    """ZipVL (He et al., arXiv 2410.08584): adaptive per-layer count from the probe-attention mass, normalised score."""
+    """ZipVL (He et al., arXiv 2410.08584): adaptive per-layer count from the probe-attention mass, normalised score.
+
+    The config's selection variants (variants.py) compose here: probe set -> per-head reduction -> score pooling ->
+    protected tokens and floor -> kept set, plus a second, larger set for the cache when ``tau_evict`` > ``tau``.
+    """
 
     name = "zipvl"
     decode_reselect = True
 
+    def __init__(self, config: ZipVLConfig | None = None):
+        super().__init__(config)
+        # Instance-level: the attention function reads these per policy (dense prefill = the kept set only evicts).
+        self.sparse_prefill = self.config.sparse_prefill
+        self.decode_reselect = not self.config.protect_text  # generated tokens are text: never evict them
+
     def select(self, query, key, scaling, ctx):
-        probes = self.probes(query.shape[2], query.device)
+        cfg = self.config
+        b, h, n, _ = query.shape
+        image = ctx.extras.get("image_mask")
+        if cfg.probe_set == "paper":
+            probes = self.probes(n, query.device)
+        else:
+            probes = span_probes(n, cfg, image).to(query.device)
         with ctx.timer.section("probe", query.device):
-            mass, score = score_tokens(query, key, probes, scaling)
+            mass, score = score_tokens(query, key, probes, scaling, cfg.head_reduce)
         with ctx.timer.section("select", query.device):
-            count = adaptive_count(mass, self.config.tau, float(query.shape[1] * probes.shape[-1]))
-            kept = top_by_score(score, count)
-        return Selection(kept=kept, count=count, mass=mass, score=score, probes=probes)
+            # Every probe row of every head sums to 1 (total H * m); a max over heads has no such closed form.
+            total = float(h * probes.shape[-1]) if cfg.head_reduce == "sum" else mass.double().sum(dim=-1)
+            rule_mass = mass
+            if cfg.pool != "none" and cfg.pool_kernel > 1:  # before the tau rule: count and ranking both pooled
+                rule_mass = pool_tokens(mass, cfg.pool, cfg.pool_kernel)
+                score = pool_tokens(score, cfg.pool, cfg.pool_kernel)
+                total = rule_mass.double().sum(dim=-1)
+            protected = protected_tokens(b, n, cfg, image, query.device)
+            ratio = cfg.layer_floor(ctx.layer_idx, ctx.num_layers)
+            floor = kept_budget(n, ratio) if ratio > 0 else 0
+            kept, count = keep_set(rule_mass, score, cfg.tau, total, protected, floor)
+            evict = None
+            if cfg.evict_tau != cfg.tau:  # same score, larger count: a superset of the attention's set
+                evict = keep_set(rule_mass, score, cfg.evict_tau, total, protected, floor)[0]
+        return Selection(kept=kept, count=count, mass=mass, score=score, probes=probes, evict=evict)
 
 
 def check_ratio(ratio: float) -> float:

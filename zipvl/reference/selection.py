@@ -40,12 +40,13 @@ def probe_positions(n: int, config: ZipVLConfig | None = None) -> torch.LongTens
 
 
 def probe_mass(
-    query: torch.Tensor, key: torch.Tensor, probes: torch.Tensor, scaling: float | None = None
+    query: torch.Tensor, key: torch.Tensor, probes: torch.Tensor, scaling: float | None = None, heads: str = "sum"
 ) -> torch.Tensor:
     """Steps 2-3: a_j = sum over heads and probe rows of softmax(Q[P] K^T * scaling + causal mask), in fp32.
 
     query (B, H, n, d), key (B, H_kv, n, d), probes (m,) or (B, m) ascending -> mass (B, n) float32.
-    The GQA group is folded into the probe rows (no repeat of K).
+    The GQA group is folded into the probe rows (no repeat of K). ``heads="max"`` (a variant): the maximum over query
+    heads of each head's sum over probe rows.
     """
     b, h, n, d = query.shape
     h_kv = key.shape[1]
@@ -74,7 +75,11 @@ def probe_mass(
         # Shared probes: a (g*m, n) bias broadcasts over the batch of blocks without a copy.
         bias_blk = bias[0, 0] if bias.shape[0] == 1 else bias.expand(b, hb, g * m, n).reshape(b * hb, g * m, n)
         scores = torch.baddbmm(bias_blk, q_blk, k_blk, alpha=scale)
-        mass += torch.softmax(scores, dim=-1).view(b, hb * g * m, n).sum(dim=1)
+        if heads == "sum":
+            mass += torch.softmax(scores, dim=-1).view(b, hb * g * m, n).sum(dim=1)
+        else:  # rows are (KV head, group member, probe): one (B, heads, n) per-head mass, query heads in order
+            per_head = torch.softmax(scores, dim=-1).view(b, hb * g, m, n).sum(dim=2)
+            mass = torch.maximum(mass, per_head.amax(dim=1))
     return mass
 
 
@@ -121,6 +126,7 @@ class Selection:
     mass : (B, n) float32     a_j, summed probe attention
     score : (B, n) float32    a_j / c_j, the normalised score that ranks tokens
     probes : (m,) or (B, m)   the probe positions used
+    evict : (B, n) bool or None   what the KV cache keeps when it differs from ``kept`` (a ``tau_evict`` variant)
     """
 
     kept: torch.Tensor
@@ -128,6 +134,12 @@ class Selection:
     mass: torch.Tensor
     score: torch.Tensor
     probes: torch.Tensor
+    evict: torch.Tensor | None = None
+
+    @property
+    def cache_kept(self) -> torch.Tensor:
+        """(B, n) bool: the tokens the layer's KV cache retains."""
+        return self.kept if self.evict is None else self.evict
 
     @property
     def ratio(self) -> torch.Tensor:
@@ -202,11 +214,14 @@ def select_tokens(
     return Selection(kept=top_by_score(score, count), count=count, mass=mass, score=score, probes=probes)
 
 
-def score_tokens(query: torch.Tensor, key: torch.Tensor, probes: torch.Tensor, scaling: float | None = None):
-    """Steps 2, 3 and 5's score: (mass a_j, normalised score a_j / c_j), both (B, n) float32."""
+def score_tokens(query: torch.Tensor, key: torch.Tensor, probes: torch.Tensor, scaling: float | None = None,
+                 heads: str = "sum"):
+    """Steps 2, 3 and 5's score: (mass a_j, normalised score a_j / c_j), both (B, n) float32.
+
+    ``heads="max"``: the max-over-heads mass, normalised by the probe rows that see j (c_j / H)."""
     b, h, n, _ = query.shape
-    mass = probe_mass(query, key, probes, scaling)
-    score = mass / visible_probe_counts(probes, n, h).to(mass.dtype)
+    mass = probe_mass(query, key, probes, scaling, heads)
+    score = mass / visible_probe_counts(probes, n, h if heads == "sum" else 1).to(mass.dtype)
     return mass, score.expand(b, n).contiguous()
 
 

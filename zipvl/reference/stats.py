@@ -30,7 +30,7 @@ class LayerStats:
     phase: str
     mode: str
     length: list[int]  # tokens considered per sequence (valid prompt length, or window size when re-selecting)
-    kept: list[int]  # tokens kept per sequence
+    kept: list[int]  # tokens kept per sequence (sparse: by the attention; otherwise by the cache, see kv_bytes_after)
     attn_flops_dense: int = 0
     attn_flops_zipvl: int = 0  # sparse attention + probe
     probe_flops: int = 0
