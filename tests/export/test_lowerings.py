@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The two lowerings of zipvl::prefill_attention against its eager body (the reference), on a toy module."""
+"""The two lowerings of zipvl::prefill_attention and zipvl::decode_attention against their eager bodies (the
+reference), on toy modules: same kept sets, outputs within fp32 rounding, fused attention nodes only."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import pytest
 import torch
 
 import zipvl
-from zipvl.export.lowering_plugin import DOMAIN, plugin_prefill_attention, register_schemas
-from zipvl.export.lowering_standard import standard_prefill_attention
-from zipvl.export.ops import prefill_attention
+from zipvl.export import lowering_plugin, lowering_standard
+from zipvl.export.lowering_plugin import DOMAIN, plugin_decode_attention, plugin_prefill_attention
+from zipvl.export.lowering_standard import MS_DOMAIN, standard_decode_attention, standard_prefill_attention
+from zipvl.export.ops import decode_attention, prefill_attention
 from zipvl.runtime.session import create_session
 
 H, HKV, D = 4, 2, 8
@@ -34,26 +36,29 @@ def _inputs(n, seed=0):
     return q, k, v, zipvl.probe_positions(n, CFG).to(torch.int32)[None]
 
 
-def _export(tmp_path, tau, fn, name):
+def _export(tmp_path, tau, fn, name, opset=18):
     n = torch.export.Dim("n", min=2)
     m = torch.export.Dim("m", min=1, max=CFG.n_probes)
     path = tmp_path / f"{name}.onnx"
     torch.onnx.export(Toy(tau).eval(), _inputs(40), str(path), dynamo=True, dynamic_shapes=({2: n}, {2: n}, {2: n}, {1: m}),
                       input_names=["query", "key", "value", "probes"],
                       output_names=["attn_out", "kept_indices", "kept_count", "key_compact", "value_compact"],
-                      custom_translation_table={torch.ops.zipvl.prefill_attention.default: fn}, verbose=False)
+                      custom_translation_table={torch.ops.zipvl.prefill_attention.default: fn}, opset_version=opset,
+                      verbose=False)
     return path
 
 
 @pytest.fixture(scope="module", params=[1.0, 0.9])
 def standard(request, tmp_path_factory):
+    lowering_standard.register_schemas()
     return request.param, _export(tmp_path_factory.mktemp("std"), request.param, standard_prefill_attention, "std")
 
 
-@pytest.fixture(scope="module")
-def plugin(tmp_path_factory):
-    register_schemas()
-    return _export(tmp_path_factory.mktemp("plugin"), 0.9, plugin_prefill_attention, "plugin")
+@pytest.fixture(scope="module", params=[1.0, 0.9])
+def plugin(request, tmp_path_factory):
+    lowering_plugin.register_schemas()
+    return request.param, _export(tmp_path_factory.mktemp("plugin"), request.param, plugin_prefill_attention,
+                                  "plugin", opset=lowering_plugin.OPSET)
 
 
 def _check(session, tau, n, seed):
@@ -73,32 +78,124 @@ def test_standard_lowering_matches_reference(standard, n, seed):
     _check(create_session(path), tau, n, seed)
 
 
-def test_standard_lowering_uses_only_standard_ops(standard):
+def test_standard_lowering_fuses_every_attention(standard):
     tau, path = standard
     model = onnx.load(str(path))
-    ops = {node.op_type for node in model.graph.node}
-    assert {node.domain for node in model.graph.node} <= {"", "ai.onnx"}
-    assert {"TopK", "Softmax", "ScatterElements", "Pad"} <= ops
-    assert ("CumSum" in ops) == (tau < 1.0)  # tau = 1 is exactly dense: no cumulative-sum threshold
+    ops = [node.op_type for node in model.graph.node]
+    assert {node.domain for node in model.graph.node} <= {"", "ai.onnx", MS_DOMAIN}
+    assert ops.count("GroupQueryAttention") == 1  # the causal attention over the p (tau = 1: n) tokens
+    if tau < 1.0:
+        assert {"TopK", "CumSum", "ScatterND", "Pad"} <= set(ops)
+        assert ops.count("Softmax") == 1  # the probe attention (m x n), nothing else
+    else:  # exactly dense: no probe, no threshold
+        assert not {"Softmax", "TopK", "CumSum", "MatMul"} & set(ops)
 
 
 def test_plugin_lowering_node_contract(plugin):
-    model = onnx.load(str(plugin))
+    tau, path = plugin
+    model = onnx.load(str(path))
+    ops = [node.op_type for node in model.graph.node]
+    assert ops.count("Attention") == 1 and "Softmax" not in ops and "MatMul" not in ops
+    assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [lowering_plugin.OPSET]
+    attention = next(node for node in model.graph.node if node.op_type == "Attention")
+    attrs = {a.name: a for a in attention.attribute}
+    assert attrs["is_causal"].i == 1 and attrs["scale"].f == pytest.approx(D**-0.5)
     nodes = [n for n in model.graph.node if n.domain == DOMAIN]
-    assert [n.op_type for n in nodes] == ["ZipVLTokenSelect", "ZipVLSparseAttention"]
-    for node in nodes:
-        attrs = {a.name: a for a in node.attribute}
-        assert attrs["plugin_version"].type == onnx.AttributeProto.STRING and attrs["plugin_version"].s == b"1"
-        assert attrs["plugin_namespace"].s == b"zipvl"
-        assert attrs["scaling"].type == onnx.AttributeProto.FLOAT
-        assert {a: attrs[a].i for a in ("num_heads", "num_kv_heads", "head_dim")} == {
-            "num_heads": H, "num_kv_heads": HKV, "head_dim": D}
-    assert {a.name: a for a in nodes[0].attribute}["tau"].f == pytest.approx(0.9)
+    if tau == 1.0:
+        assert nodes == []  # a dense layer: no selection
+        return
+    assert [n.op_type for n in nodes] == ["ZipVLTokenSelect"]
+    attrs = {a.name: a for a in nodes[0].attribute}
+    assert attrs["plugin_version"].type == onnx.AttributeProto.STRING and attrs["plugin_version"].s == b"1"
+    assert attrs["plugin_namespace"].s == b"zipvl"
+    assert attrs["scaling"].type == onnx.AttributeProto.FLOAT
+    assert {a: attrs[a].i for a in ("num_heads", "num_kv_heads", "head_dim")} == {
+        "num_heads": H, "num_kv_heads": HKV, "head_dim": D}
+    assert attrs["tau"].f == pytest.approx(0.9)
     assert list(nodes[0].input) == [model.graph.input[i].name for i in (0, 1, 3)]
-    assert nodes[1].input[3:] == nodes[0].output[:2]  # kept_indices, kept_count feed the attention
     assert DOMAIN in {o.domain for o in model.opset_import}
 
 
-@pytest.mark.parametrize("n,seed", [(16, 1), (57, 2)])
+def test_plugin_lowering_matches_the_onnx_graph_contract(plugin):
+    """The exporter's sparse layer and zipvl.plugins.onnx_graph.attention_layer_model (what the TensorRT test
+    builds) use the same node types."""
+    from zipvl.plugins.onnx_graph import attention_layer_model
+
+    tau, path = plugin
+    exported = {n.op_type for n in onnx.load(str(path)).graph.node} - {"Constant", "Identity"}
+    contract = {n.op_type for n in attention_layer_model(H, HKV, D, 0.9).graph.node}
+    if tau == 1.0:  # a dense layer: the Attention node without the selection around it
+        assert "Attention" in exported and "ZipVLTokenSelect" not in exported
+    else:
+        assert exported == contract, exported ^ contract
+
+
+@pytest.mark.parametrize("n,seed", [(16, 1), (57, 2), (300, 3)])
 def test_plugin_lowering_runs_in_onnxruntime(plugin, n, seed):
-    _check(create_session(plugin, plugin=True), 0.9, n, seed)
+    tau, path = plugin
+    _check(create_session(path, plugin=tau < 1.0), tau, n, seed)
+
+
+# ---------------------------------------------------------------- decode
+
+
+class DecodeToy(torch.nn.Module):
+    def forward(self, q, k, v, past_k, past_v, length):
+        return torch.ops.zipvl.decode_attention(q, k, v, past_k, past_v, length, D**-0.5, H, HKV, D)
+
+
+def _decode_inputs(b, c, lengths, seed):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, H, 1, D, generator=g) * 2
+    k, v = (torch.randn(b, HKV, 1, D, generator=g) for _ in range(2))
+    past_k, past_v = (torch.randn(b, HKV, c, D, generator=g) for _ in range(2))
+    return q, k, v, past_k, past_v, torch.tensor(lengths, dtype=torch.int32)
+
+
+@pytest.fixture(scope="module", params=["standard", "plugin"])
+def decode(request, tmp_path_factory):
+    plugin = request.param == "plugin"
+    (lowering_plugin if plugin else lowering_standard).register_schemas()
+    batch, cap = torch.export.Dim("batch", min=1), torch.export.Dim("cap", min=2)
+    path = tmp_path_factory.mktemp("decode") / f"{request.param}.onnx"
+    dyn = ({0: batch}, {0: batch}, {0: batch}, {0: batch, 2: cap}, {0: batch, 2: cap}, {0: batch})
+    fn = plugin_decode_attention if plugin else standard_decode_attention
+    torch.onnx.export(DecodeToy().eval(), _decode_inputs(2, 7, [6, 3], 0), str(path), dynamo=True,
+                      dynamic_shapes=dyn, input_names=["query", "key", "value", "past_key", "past_value", "length"],
+                      output_names=["attn_out", "present_key", "present_value"],
+                      custom_translation_table={torch.ops.zipvl.decode_attention.default: fn},
+                      opset_version=lowering_plugin.OPSET if plugin else 18, verbose=False)
+    return request.param, path
+
+
+@pytest.mark.parametrize("c,lengths,seed", [(5, [4, 1], 0), (9, [3, 8, 0], 1), (40, [39], 2)])
+def test_decode_lowering_matches_reference(decode, c, lengths, seed):
+    """Rows of different lengths in one buffer: each attends to its own valid entries and itself; the token lands
+    at slot length (in place, the runtime's binding, nothing else changes: tests/runtime)."""
+    name, path = decode
+    inputs = _decode_inputs(len(lengths), c, lengths, seed)
+    ref = decode_attention(*inputs, D**-0.5, H, HKV, D)
+    names = ["query", "key", "value", "past_key", "past_value", "length"]
+    got = create_session(path).run(None, {k: t.numpy() for k, t in zip(names, inputs)})
+    np.testing.assert_allclose(got[0], ref[0].numpy(), atol=2e-6, rtol=1e-5)
+    for g, r in zip(got[1:], ref[1:]):  # slots [0, length]: the valid entries then the token; later ones unspecified
+        for row, n in enumerate(lengths):
+            np.testing.assert_array_equal(g[row, :, : n + 1], r[row, :, : n + 1].numpy())
+    ops = [node.op_type for node in onnx.load(str(path)).graph.node]
+    assert ops.count("Attention" if name == "plugin" else "GroupQueryAttention") == 1
+    assert "Softmax" not in ops and "MatMul" not in ops
+
+
+def test_decode_reference_is_plain_attention():
+    """The eager op (what the lowerings are checked against) is softmax attention over slots [0, length] after the
+    write, computed independently here in fp64."""
+    q, k, v, pk, pv, length = _decode_inputs(2, 6, [5, 2], 4)
+    out, present_k, _present_v = decode_attention(q, k, v, pk, pv, length, D**-0.5, H, HKV, D)
+    for r, n in enumerate(length.tolist()):
+        keys = torch.cat([pk[r, :, :n], k[r]], dim=1).double()  # (H_kv, n + 1, d)
+        vals = torch.cat([pv[r, :, :n], v[r]], dim=1).double()
+        qr = q[r, :, 0].double().view(HKV, H // HKV, D)
+        w = torch.softmax(qr @ keys.transpose(-1, -2) * D**-0.5, dim=-1)
+        torch.testing.assert_close(out[r, :, 0].double(), (w @ vals).reshape(H, D), atol=1e-6, rtol=1e-6)
+        assert torch.equal(present_k[r, :, n], k[r, :, 0]) and torch.equal(present_k[r, :, :n], pk[r, :, :n])
+        assert torch.equal(present_k[r, :, n + 1:], pk[r, :, n + 1:])

@@ -58,6 +58,28 @@ def test_plugin_graph_matches_reference(ort_ops, selection_checker, b, h, h_kv, 
     np.testing.assert_array_equal(got["key_compact"][:, :, : k_ref.shape[2]] * mask, k_ref.numpy() * mask)
 
 
+@pytest.mark.parametrize("h, h_kv, n, d, tau", [(4, 2, 50, 16, 0.9), (6, 3, 300, 8, 0.95), (2, 2, 1, 4, 0.5)])
+def test_attention_layer_graph_matches_reference(ort_ops, h, h_kv, n, d, tau):
+    """The --ops plugin prefill layer (ZipVLTokenSelect + ONNX Attention at capacity n) in ONNX Runtime."""
+    from zipvl.plugins.onnx_graph import ATTENTION_OUTPUTS, attention_layer_model
+
+    model = attention_layer_model(h, h_kv, d, tau, dtype="float32")
+    onnx.checker.check_model(model)
+    session = ort_ops.inference_session(model)
+    q, k, v, probes = _inputs(n * 7 + h, 1, h, h_kv, n, d)
+    feeds = {"query": q.numpy(), "key": k.numpy(), "value": v.numpy(), "probes": probes.numpy()}
+    got = dict(zip(ATTENTION_OUTPUTS, session.run(list(ATTENTION_OUTPUTS), feeds)))
+    reference = zipvl.select_tokens(q, k, probes, float(np.float32(tau)))
+    assert np.array_equal(got["kept_indices"], reference.indices().numpy())
+    np.testing.assert_allclose(got["attn_out"], zipvl.sparse_attention(q, k, v, reference.kept).numpy(),
+                               atol=1e-5, rtol=1e-5)
+    (k_ref, v_ref), _ = zipvl.compact([k, v], reference.kept)
+    p = k_ref.shape[2]
+    np.testing.assert_array_equal(got["key_compact"][:, :, :p], k_ref.numpy())
+    np.testing.assert_array_equal(got["value_compact"][:, :, :p], v_ref.numpy())
+    assert not got["key_compact"][:, :, p:].any()
+
+
 def test_to_ort_domain_rewrites_only_zipvl_nodes(ort_ops):
     from onnx import helper
 

@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Plugin-lowered ONNX -> TensorRT(-RTX) engine with our plugins resolved by the ONNX parser.
+"""Plugin-lowered ONNX -> TensorRT(-RTX) engine with our plugins resolved by the ONNX parser and the ONNX Attention
+node mapped to TensorRT's fused attention layer (IAttention).
 
 TensorRT-RTX (``pip install tensorrt-rtx-cu13-libs==1.7.1.116 tensorrt-rtx-cu13-bindings``) parses and builds on a
 machine without a GPU; running the engine needs one (``gpu`` test at the end). Builds run in a subprocess (see
@@ -7,6 +8,8 @@ zipvl.plugins.tensorrt_build: the RTX parser aborts the process without a libten
 """
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
@@ -73,6 +76,57 @@ def test_engine_builds_with_plugins(cuda_libraries, tmp_path, dtype):
     # The plan embeds the plugin library (--setPluginsToSerialize): it is larger than the library itself.
     assert plan.stat().st_size == report.nbytes > cuda_libraries["plugins"].stat().st_size
     assert "--setPluginsToSerialize=" in report.trtexec
+
+
+@pytest.mark.trt
+@needs_trt
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_engine_builds_with_native_attention(cuda_libraries, tmp_path, dtype):
+    """The --ops plugin prefill layer: ZipVLTokenSelect is the only plugin, the attention is a native IAttention."""
+    from zipvl.plugins.onnx_graph import attention_layer_model
+
+    path = tmp_path / "layer.onnx"
+    model = attention_layer_model(num_heads=8, num_kv_heads=2, head_dim=64, tau=0.95, dtype=dtype)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    shapes = {k: tuple((1, *s[1:]) for s in v) for k, v in _shapes(8, 2, 64).items()}  # prefill batch is 1
+    report = tensorrt_build.build_engine_subprocess(path, shapes, cuda_libraries["plugins"], tmp_path / "layer.plan")
+    assert report.plugin_layers == ["ZipVLTokenSelect"]
+    assert len(report.attention_layers) == 1
+    assert (tmp_path / "layer.plan").stat().st_size == report.nbytes > 0
+
+
+@pytest.mark.trt
+@needs_trt
+def test_float32_attention_has_no_rtx_kernel(cuda_libraries, tmp_path):
+    """TensorRT-RTX 1.7 parses a float32 Attention but has no fused kernel for it: the build fails with that
+    reason (engines for TensorRT are built in bf16 / fp16; docs/engine.md)."""
+    from zipvl.plugins.onnx_graph import attention_layer_model
+
+    if tensorrt_build.import_tensorrt().__name__ == "tensorrt":
+        pytest.skip("TensorRT-RTX behaviour")
+    path = tmp_path / "layer.onnx"
+    onnx.save(attention_layer_model(8, 2, 64, 0.95, dtype="float32"), str(path))
+    shapes = {k: tuple((1, *s[1:]) for s in v) for k, v in _shapes(8, 2, 64).items()}
+    with pytest.raises(zipvl.ZipVLError, match="not supported by a dedicated kernel"):
+        tensorrt_build.build_engine_subprocess(path, shapes, cuda_libraries["plugins"])
+
+
+@pytest.mark.trt
+@needs_trt
+@pytest.mark.parametrize("tau", [0.975, 1.0])
+def test_exported_plugin_engine_parses_to_native_attention(cuda_libraries, tau):
+    """zipvl-build --ops plugin (tiny LLaVA): TensorRT parses the whole prefill and decode graphs; every layer's
+    attention is an IAttention, the selection the ZipVLTokenSelect plugin (none in a dense engine)."""
+    from zipvl.validate.tiny import tiny_engine
+
+    engine = tiny_engine("llava", "plugin", tau)
+    layers = json.loads((engine / "manifest.json").read_text())["model"]["num_layers"]
+    for graph, selects in (("prefill", layers if tau < 1.0 else 0), ("decode", 0)):
+        report = tensorrt_build.build_engine_subprocess(engine / f"{graph}.onnx", {}, cuda_libraries["plugins"],
+                                                        parse_only=True)
+        assert len(report.attention_layers) == layers, graph
+        assert len(report.plugin_layers) == selects  # the only custom nodes: ZipVLTokenSelect (test_engine_graphs)
 
 
 @pytest.mark.trt

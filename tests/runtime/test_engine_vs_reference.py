@@ -36,6 +36,7 @@ def test_engine_matches_reference(models, arch, ops, tau):
     assert report["kept_sets_identical"], report["layers"]
     assert report["cache_lengths_prefill"]["equal"], report["cache_lengths_prefill"]
     assert report["cache_lengths_final"]["equal"], report["cache_lengths_final"]
+    assert report["retained_identical"]  # the decode re-selections kept the same tokens, by original position
     assert report["logits"]["passed"], report["logits"]
     assert report["tokens"]["identical"] and report["tokens"]["generated"] == NEW_TOKENS, report["tokens"]
     assert report["reselections"] == 2
@@ -63,5 +64,14 @@ def test_reselection_evicts_inside_the_window():
     out = engine.generate(prompts, max_new_tokens=NEW_TOKENS)
     kept = [s.kept for stats in out.decode_stats for s in stats.layers]
     assert kept and any(k < 16 for row in kept for k in row)
+    generated = np.arange(NEW_TOKENS - 1)
+    for i, layer in enumerate(out.retained):  # by original position: prompt part = the prefill's kept set
+        for r, held in enumerate(layer):
+            pre = out.prefills[r]
+            assert (np.diff(held) > 0).all()
+            assert np.array_equal(held[held < pre.length], pre.indices[i])
+            assert set(held[held >= pre.length] - pre.length) <= set(generated)
+    assert any(len(held) < out.prefills[r].counts[i] + NEW_TOKENS - 1
+               for i, layer in enumerate(out.retained) for r, held in enumerate(layer))
     final = np.array(out.cache_lengths)
     assert (final < np.array(out.cache_lengths_prefill) + NEW_TOKENS - 1).any()

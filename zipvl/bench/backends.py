@@ -265,11 +265,9 @@ class OnnxRuntimeBackend(Backend):
     def decode_step(self, cache, token, sparse):
         engine = cache.engine
         tokens = token[:, 0].cpu().numpy().astype("int64")
-        seconds, outs = self.clock.time(lambda: engine.decode_step(cache.io, tokens, cache.positions))
-        for i, layer in enumerate(cache.kv.layers):
-            layer.append(outs[1 + 3 * i], outs[2 + 3 * i])
+        seconds, step = self.clock.time(lambda: engine.decode_step(cache.io, cache.kv, tokens, cache.positions))
         cache.positions = cache.positions + 1
-        return seconds, torch.from_numpy(outs[0].argmax(-1)).reshape(-1, 1)
+        return seconds, torch.from_numpy(step.logits.argmax(-1)).reshape(-1, 1)
 
     def kv_bytes(self, cache) -> int:
         if cache.kv is not None:

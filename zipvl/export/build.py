@@ -56,13 +56,14 @@ def build_engine(model, out_dir: str | Path, ops: str = "standard", config: ZipV
 
     Parameters
     ----------
-    ops : "standard" (ZipVL attention in standard ONNX ops) or "plugin" (ZipVLTokenSelect / ZipVLSparseAttention)
+    ops : "standard" (selection in standard ONNX ops, attention as com.microsoft.GroupQueryAttention: ONNX Runtime)
+        or "plugin" (ZipVLTokenSelect + ONNX Attention, opset 23: TensorRT)
     config : the ZipVLConfig baked into the prefill graph (tau, dense layers) and recorded for the runtime
     max_batch, max_sequence : limits the runtime enforces (max_sequence = prompt + generated tokens per sequence;
         default min(model positions, 8192)); the KV capacity per layer and sequence is max_sequence
     source_dir : checkpoint directory whose tokenizer / processor files are copied into the engine
-    reuse : an engine directory of the same model whose embed / vision / decode graphs are reused (only prefill
-        depends on ops and tau)
+    reuse : an engine directory of the same model whose embed / vision (and, built with the same ops, decode) graphs
+        are reused (prefill depends on ops and tau, decode on ops)
     """
     if ops not in OPS:
         raise ZipVLInputError(f"--ops must be one of {OPS}, got {ops!r}")
@@ -81,7 +82,7 @@ def build_engine(model, out_dir: str | Path, ops: str = "standard", config: ZipV
     if bad:
         raise ZipVLInputError(f"dense_layers {bad} out of range: the model has {desc['num_layers']} layers")
     max_sequence = int(max_sequence or min(desc["max_position_embeddings"], 8192))
-    reused = _reusable(reuse, desc) if reuse is not None else {}
+    reused = _reusable(reuse, desc, ops) if reuse is not None else {}
     names = [n for n in graphs.graph_names(desc) if n not in reused]
     timings: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix=".zipvl-build-", dir=out_dir) as tmp:
@@ -123,12 +124,15 @@ def build_engine(model, out_dir: str | Path, ops: str = "standard", config: ZipV
     return manifest
 
 
-def _reusable(reuse, desc) -> dict[str, Path]:
+def _reusable(reuse, desc, ops: str) -> dict[str, Path]:
+    """The graphs of engine ``reuse`` this build can take over: never prefill (tau, dense layers), decode only when
+    it was built with the same --ops (the attention lowering)."""
     manifest = load_manifest(reuse, verify_hashes=False)
     theirs = {k: v for k, v in manifest["model"].items() if k != "source"}
     if theirs != desc:
         raise ZipVLInputError(f"--reuse {reuse}: that engine was built from a different model")
-    return {n: Path(reuse) / f for n, f in manifest["graphs"].items() if n != "prefill"}
+    skip = {"prefill"} if manifest["ops"] == ops else set(graphs.OPS_GRAPHS)
+    return {n: Path(reuse) / f for n, f in manifest["graphs"].items() if n not in skip}
 
 
 def _copy_processor(src: Path, out_dir: Path) -> list[str]:

@@ -3,7 +3,10 @@
 
 I/O names are the runtime's contract (see docs/engine.md): ``inputs_embeds``, ``position_ids``, ``probes``;
 ``logits``; per layer ``present.{i}.key/value``, ``kept_count.{i}``, ``kept_indices.{i}`` (prefill) and
-``past.{i}.key/value/mask`` -> ``new.{i}.key/value``, ``probs.{i}`` (decode).
+``past.{i}.key/value/length`` -> ``present.{i}.key/value``, ``query.{i}`` (decode).
+
+``--ops`` picks the lowering of the two attention ops in prefill and decode (embed and vision do not depend on it):
+standard = opset 18 + ``com.microsoft.GroupQueryAttention``, plugin = opset 23 (``Attention``) + ZipVLTokenSelect.
 """
 
 from __future__ import annotations
@@ -16,23 +19,33 @@ from torch.export import Dim
 
 from ..config import ZipVLConfig
 from ..reference.selection import probe_positions
+from . import lowering_plugin, lowering_standard
 from .attention import DECODE_NAME, PREFILL_NAME
-from .lowering_plugin import plugin_prefill_attention, register_schemas
-from .lowering_standard import standard_prefill_attention
 from .wrappers import DecodeGraph, EmbedGraph, LlavaVisionGraph, PrefillGraph, Qwen2VLVisionGraph
+
+#: graphs whose content depends on --ops (the attention lowerings); the others can be reused across lowerings
+OPS_GRAPHS = ("prefill", "decode")
 
 
 def graph_names(desc: dict) -> list[str]:
     return ["embed"] + (["vision"] if "vision" in desc else []) + ["prefill", "decode"]
 
 
+def _lowering(ops: str):
+    """(module, opset) of a lowering; its onnx schemas registered."""
+    module = lowering_plugin if ops == "plugin" else lowering_standard
+    module.register_schemas()
+    return module, (lowering_plugin.OPSET if ops == "plugin" else 18)
+
+
 def export_graph(name: str, model, desc: dict, config: ZipVLConfig, ops: str, path: Path) -> None:
     fn = {"embed": _embed, "vision": _vision, "prefill": _prefill, "decode": _decode}[name]
     module, args, dynamic, inputs, outputs, table = fn(model, desc, config, ops)
+    opset = _lowering(ops)[1] if name in OPS_GRAPHS else 18
     with torch.no_grad(), _attention(model, name):
         torch.onnx.export(module.eval(), args, str(path), dynamo=True, dynamic_shapes=dynamic, input_names=inputs,
                           output_names=outputs, custom_translation_table=table, external_data=True, optimize=True,
-                          verbose=False)
+                          opset_version=opset, verbose=False)
 
 
 def export_extras(model, desc: dict, out_dir: Path) -> list[str]:
@@ -110,11 +123,8 @@ def _prefill(model, desc, config, ops):
     outputs = ["logits"]
     for i in range(desc["num_layers"]):
         outputs += [f"present.{i}.key", f"present.{i}.value", f"kept_count.{i}", f"kept_indices.{i}"]
-    if ops == "plugin":
-        register_schemas()
-        fn = plugin_prefill_attention
-    else:
-        fn = standard_prefill_attention
+    lowering = _lowering(ops)[0]
+    fn = lowering.plugin_prefill_attention if ops == "plugin" else lowering.standard_prefill_attention
     table = {torch.ops.zipvl.prefill_attention.default: fn}
     return (PrefillGraph(model, _prefill_taus(desc, config)), (embeds, _positions(desc, 1, n), probes), dyn,
             ["inputs_embeds", "position_ids", "probes"], outputs, table)
@@ -127,14 +137,16 @@ def _decode(model, desc, config, ops):
     past, past_dyn, inputs, outputs = [], [], ["inputs_embeds", "position_ids"], ["logits"]
     for i in range(layers):
         c = 5 + i
-        cap = Dim(f"cache_{i}", min=1)
-        mask = torch.ones(b, c, dtype=torch.bool)
-        mask[1, -2:] = False
-        past += [torch.randn(b, h_kv, c, d), torch.randn(b, h_kv, c, d), mask]
-        past_dyn += [{0: batch, 2: cap}, {0: batch, 2: cap}, {0: batch, 1: cap}]
-        inputs += [f"past.{i}.key", f"past.{i}.value", f"past.{i}.mask"]
-        outputs += [f"new.{i}.key", f"new.{i}.value", f"probs.{i}"]
+        cap = Dim(f"cache_{i}", min=2)
+        length = torch.tensor([c - 1, c - 3], dtype=torch.int32)  # valid entries per row (< C: room for the token)
+        past += [torch.randn(b, h_kv, c, d), torch.randn(b, h_kv, c, d), length]
+        past_dyn += [{0: batch, 2: cap}, {0: batch, 2: cap}, {0: batch}]
+        inputs += [f"past.{i}.key", f"past.{i}.value", f"past.{i}.length"]
+        outputs += [f"present.{i}.key", f"present.{i}.value", f"query.{i}"]
     embeds = torch.randn(b, 1, desc["hidden_size"]) * 0.02
     pos_dyn = {1: batch} if desc["mrope"] else {0: batch}
     dyn = ({0: batch}, pos_dyn, past_dyn)
-    return DecodeGraph(model, layers), (embeds, _positions(desc, b, 1, start=9), past), dyn, inputs, outputs, None
+    lowering = _lowering(ops)[0]
+    fn = lowering.plugin_decode_attention if ops == "plugin" else lowering.standard_decode_attention
+    table = {torch.ops.zipvl.decode_attention.default: fn}
+    return DecodeGraph(model, layers), (embeds, _positions(desc, b, 1, start=9), past), dyn, inputs, outputs, table

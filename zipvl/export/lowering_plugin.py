@@ -1,18 +1,25 @@
 # SPDX-License-Identifier: Apache-2.0
-"""``--ops plugin``: ``zipvl::prefill_attention`` as two custom-domain nodes, the TensorRT plugins' contract.
+"""``--ops plugin``: the TensorRT lowering (opset 23). The selection is the ``zipvl::ZipVLTokenSelect`` plugin node,
+every attention over keys is the ONNX ``Attention`` node, which TensorRT's ONNX parser maps to its fused
+``IAttention`` layer (TensorRT 10.14 / TensorRT-RTX 1.7; ONNX Runtime runs it too).
 
-``zipvl::ZipVLTokenSelect(query, key, probes) -> (kept_indices, kept_count, mass)`` and
-``zipvl::ZipVLSparseAttention(query, key, value, kept_indices, kept_count) -> (attn_out, key_compact,
-value_compact)``, each with ``plugin_version="1"`` and ``plugin_namespace="zipvl"`` (what TensorRT's ONNX parser
-matches). Every output has a fixed capacity (n) plus an explicit count: no data-dependent output shape.
+``zipvl::ZipVLTokenSelect(query, key, probes) -> (kept_indices, kept_count, mass)`` with ``plugin_version="1"`` and
+``plugin_namespace="zipvl"`` (what the parser matches). Its outputs have a fixed capacity (n) plus an explicit count,
+and TensorRT cannot take a tensor shape from a plugin's count (a Slice to p fails the build: "convertExplicitDDS
+PluginToImplicit" assertion), so the sparse attention runs at capacity n: Q/K/V gathered in kept order (padding
+after), ``Attention(is_causal=1)`` - exact for the first p rows, which see only kept tokens - and the p rows
+scattered back. The cost is n^2 FLOPs, fused (no n x n tensor). ``ZipVLSparseAttention`` (plugins/, p^2 work) stays
+the documented fallback for that cost; its schema is registered here for graphs that use it.
 """
 
 from __future__ import annotations
 
 import onnx
 from onnx.defs import OpSchema
+from onnxscript import opset23 as op
 from onnxscript import values
 
+OPSET = 23  # ONNX Attention
 DOMAIN = "zipvl"
 PLUGIN_VERSION = "1"
 PLUGIN_NAMESPACE = "zipvl"
@@ -55,11 +62,50 @@ def register_schemas() -> None:
             onnx.defs.register_schema(schema)
 
 
+def _i64(*values):
+    return op.Constant(value=onnx.helper.make_tensor("c", onnx.TensorProto.INT64, [len(values)], list(values)))
+
+
 def plugin_prefill_attention(query, key, value, probes, tau: float, scaling: float, num_heads: int,
                              num_kv_heads: int, head_dim: int):
-    """Plugin-node translation of :func:`zipvl.export.ops.prefill_attention` (any batch)."""
+    """TensorRT translation of :func:`zipvl.export.ops.prefill_attention` (B = 1): ZipVLTokenSelect + Attention."""
+    zero, one = _i64(0), _i64(1)
+    n = op.Shape(key, start=2, end=3)  # (1,)
+    if tau >= 1.0:  # a dense layer: one fused causal attention, every token kept
+        out, _pk, _pv, _qk = op.Attention(query, key, value, is_causal=1, scale=float(scaling))
+        pos = op.Range(op.Constant(value_int=0), op.Squeeze(n, zero), op.Constant(value_int=1))
+        kept = op.Unsqueeze(op.Cast(pos, to=onnx.TensorProto.INT32), zero)
+        return out, kept, op.Cast(n, to=onnx.TensorProto.INT32), op.Identity(key), op.Identity(value)
     common = {"scaling": float(scaling), "num_heads": int(num_heads), "num_kv_heads": int(num_kv_heads),
               "head_dim": int(head_dim), "plugin_version": PLUGIN_VERSION, "plugin_namespace": PLUGIN_NAMESPACE}
     kept, count, _mass = ZIPVL.ZipVLTokenSelect(query, key, probes, tau=float(tau), **common)
-    out, key_compact, value_compact = ZIPVL.ZipVLSparseAttention(query, key, value, kept, count, **common)
-    return out, kept, count, key_compact, value_compact
+    idx = op.Cast(op.Squeeze(kept, zero), to=onnx.TensorProto.INT64)  # (n,): p ascending positions, then -1
+    valid = op.GreaterOrEqual(idx, zero)
+    gathered = [op.Gather(x, op.Max(idx, zero), axis=2) for x in (query, key, value)]  # kept order, at capacity n
+    o, _pk, _pv, _qk = op.Attention(*gathered, is_causal=1, scale=float(scaling))  # rows < p: exact; rows >= p: discarded
+    # Row r of o goes to position idx[r]; padding rows to a spare slot n, cut off afterwards.
+    rows = op.Transpose(o, perm=[2, 0, 1, 3])  # (n, 1, H, d)
+    spare = op.Concat(op.Add(n, one), _i64(1, int(num_heads), int(head_dim)), axis=0)
+    zeros = op.ConstantOfShape(spare, value=onnx.helper.make_tensor("z", onnx.TensorProto.FLOAT, [1], [0.0]))
+    scattered = op.ScatterND(zeros, op.Unsqueeze(op.Where(valid, idx, n), one), rows)
+    out = op.Transpose(op.Slice(scattered, zero, n, zero), perm=[1, 2, 0, 3])  # (1, H, n, d)
+    keep = op.Unsqueeze(valid, _i64(0, 1, 3))  # (1, 1, n, 1)
+    zero_f = op.Constant(value_float=0.0)
+    return out, kept, count, op.Where(keep, gathered[1], zero_f), op.Where(keep, gathered[2], zero_f)
+
+
+def plugin_decode_attention(query, key, value, past_key, past_value, past_length, scaling: float, num_heads: int,
+                            num_kv_heads: int, head_dim: int):
+    """ONNX Attention translation of :func:`zipvl.export.ops.decode_attention`: the token's K/V written at slot
+    past_length (``Where``, element-wise, so the runtime can bind present to the past buffer), then one Attention
+    over the buffer with a (B, 1, 1, C) validity mask (slots <= past_length)."""
+    zero = _i64(0)
+    slots = op.Range(op.Constant(value_int=0), op.Squeeze(op.Shape(past_key, start=2, end=3), zero),
+                     op.Constant(value_int=1))  # (C,)
+    length = op.Unsqueeze(op.Cast(past_length, to=onnx.TensorProto.INT64), _i64(1))  # (B, 1)
+    at_new = op.Unsqueeze(op.Equal(op.Unsqueeze(slots, zero), length), _i64(1, 3))  # (B, 1, C, 1)
+    present_key = op.Where(at_new, key, past_key)
+    present_value = op.Where(at_new, value, past_value)
+    visible = op.Unsqueeze(op.LessOrEqual(op.Unsqueeze(slots, zero), length), _i64(1, 2))  # (B, 1, 1, C)
+    out, _pk, _pv, _qk = op.Attention(query, present_key, present_value, visible, scale=float(scaling))
+    return out, present_key, present_value

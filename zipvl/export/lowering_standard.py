@@ -1,19 +1,55 @@
 # SPDX-License-Identifier: Apache-2.0
-"""``--ops standard``: ``zipvl::prefill_attention`` decomposed into standard ONNX ops (opset 18), so any ONNX
-runtime runs it with no extra library.
+"""``--ops standard``: ``zipvl::prefill_attention`` and ``zipvl::decode_attention`` for ONNX Runtime: standard ONNX
+ops (opset 18) for the selection, ``com.microsoft.GroupQueryAttention`` (ORT's fused, O(n)-memory GQA kernel) for
+every attention over keys - a dense layer's causal attention, the causal attention over the p gathered tokens and the
+decode step over the cache buffer. The probe attention (m x n rows) is the only decomposed softmax.
 
-Traced (not scripted) so the translation can branch on the Python attributes (tau = 1 is exactly dense: no
-cumulative sum whose rounding could drop a token). Batch is 1: the runtime prefills each prompt on its own. The kept
-count p stays a tensor: ``TopK``'s k is an input, so the p x p attention block is data-dependent inside the graph
-while every graph output keeps capacity n.
+Traced (not scripted) so the translation can branch on the Python attributes (tau = 1 is exactly dense: no probe,
+no cumulative sum whose rounding could drop a token). Prefill is batch 1 (the runtime prefills each prompt on its
+own). The kept count p stays a tensor: ``TopK``'s k is an input, so the p-token attention is data-dependent inside
+the graph while every graph output keeps capacity n.
+
+GroupQueryAttention contract used (ORT contrib op, since version 1): query (B, S, H*d), key/value (B, S, H_kv*d)
+after rotary embedding (``do_rotary`` = 0), past_key/past_value (B, H_kv, C, d) or omitted, seqlens_k (B,) int32 =
+total length - 1 per row, total_sequence_length int32 scalar; causal; outputs (B, S, H*d) and present K/V. With a
+past buffer of length C shared with present (the runtime binds both to one OrtValue), row b's new entries are
+written at slots [seqlens_k[b] + 1 - S, seqlens_k[b]] in place and the rest of the buffer is neither read nor copied.
 """
 
 from __future__ import annotations
 
 import onnx
+from onnx.defs import OpSchema
 from onnxscript import opset18 as op
+from onnxscript import values
 
+MS_DOMAIN = "com.microsoft"
+MSFT = values.Opset(MS_DOMAIN, 1)
 _NEG_INF = float("-inf")
+_INT32, _INT64, _FLOAT = onnx.TensorProto.INT32, onnx.TensorProto.INT64, onnx.TensorProto.FLOAT
+
+# The exporter needs an onnx OpSchema to record a node; ORT's contrib schemas are not in onnx.defs.
+_GQA_SCHEMA = OpSchema(
+    "GroupQueryAttention", MS_DOMAIN, 1, doc="ONNX Runtime's fused grouped-query attention (subset used by zipvl).",
+    inputs=[OpSchema.FormalParameter("query", "T"), OpSchema.FormalParameter("key", "T"),
+            OpSchema.FormalParameter("value", "T"),
+            OpSchema.FormalParameter("past_key", "T", param_option=OpSchema.FormalParameterOption.Optional),
+            OpSchema.FormalParameter("past_value", "T", param_option=OpSchema.FormalParameterOption.Optional),
+            OpSchema.FormalParameter("seqlens_k", "tensor(int32)"),
+            OpSchema.FormalParameter("total_sequence_length", "tensor(int32)")],
+    outputs=[OpSchema.FormalParameter("output", "T"), OpSchema.FormalParameter("present_key", "T"),
+             OpSchema.FormalParameter("present_value", "T")],
+    type_constraints=[("T", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"], "attention dtype")],
+    attributes=[OpSchema.Attribute("num_heads", OpSchema.AttrType.INT, "query heads"),
+                OpSchema.Attribute("kv_num_heads", OpSchema.AttrType.INT, "key/value heads"),
+                OpSchema.Attribute("scale", OpSchema.AttrType.FLOAT, "softmax scale")],
+)
+
+
+def register_schemas() -> None:
+    """Register the GroupQueryAttention schema with onnx for the exporter (idempotent)."""
+    if not onnx.defs.has(_GQA_SCHEMA.name, MS_DOMAIN):
+        onnx.defs.register_schema(_GQA_SCHEMA)
 
 
 def _i64(*values):
@@ -28,73 +64,104 @@ def _f64(value: float):
     return op.Constant(value=onnx.helper.make_tensor("c", onnx.TensorProto.DOUBLE, [], [float(value)]))
 
 
+def _rows(x, width: int):
+    """(1, heads, n, d) -> (n, heads * d): one row per token, GroupQueryAttention's layout."""
+    return op.Reshape(op.Transpose(x, perm=[0, 2, 1, 3]), _i64(-1, width))
+
+
+def _heads(rows, heads: int, d: int):
+    """(n, heads * d) -> (1, heads, n, d)."""
+    return op.Transpose(op.Reshape(rows, _i64(1, -1, heads, d)), perm=[0, 2, 1, 3])
+
+
+def _causal_gqa(q_rows, k_rows, v_rows, length, h: int, h_kv: int, scaling: float):
+    """Fused causal attention of ``length`` (1,) tokens in row layout (no past): (length, H*d)."""
+    zero = _i64(0)
+    seqlens = op.Cast(op.Sub(length, _i64(1)), to=_INT32)  # (1,): total length - 1
+    total = op.Cast(op.Squeeze(length, zero), to=_INT32)  # scalar
+    out, _present_k, _present_v = MSFT.GroupQueryAttention(
+        op.Unsqueeze(q_rows, zero), op.Unsqueeze(k_rows, zero), op.Unsqueeze(v_rows, zero), None, None, seqlens,
+        total, num_heads=h, kv_num_heads=h_kv, scale=float(scaling))
+    return op.Squeeze(out, zero)
+
+
 def standard_prefill_attention(query, key, value, probes, tau: float, scaling: float, num_heads: int,
                                num_kv_heads: int, head_dim: int):
-    """Standard-op translation of :func:`zipvl.export.ops.prefill_attention` (B = 1).
+    """Standard-op + GroupQueryAttention translation of :func:`zipvl.export.ops.prefill_attention` (B = 1).
 
     query (1, H, n, d), key/value (1, H_kv, n, d), probes (1, m) int32 -> the op's five outputs.
     """
     h, h_kv, d = num_heads, num_kv_heads, head_dim
     g = h // h_kv
     zero, one = _i64(0), _i64(1)
-    q = op.Squeeze(query, zero)  # (H, n, d)
-    k = op.Squeeze(key, zero)  # (H_kv, n, d)
-    v = op.Squeeze(value, zero)
-    pr = op.Cast(op.Squeeze(probes, zero), to=onnx.TensorProto.INT64)  # (m,)
-    n = op.Shape(k, start=1, end=2)  # (1,)
-    m = op.Shape(pr)  # (1,)
+    n = op.Shape(key, start=2, end=3)  # (1,)
     n_s = op.Squeeze(n, zero)
     pos = op.Range(op.Constant(value_int=0), n_s, op.Constant(value_int=1))  # (n,)
+    q_rows, k_rows, v_rows = _rows(query, h * d), _rows(key, h_kv * d), _rows(value, h_kv * d)
+    if tau >= 1.0:  # a dense layer: one fused causal attention over all n tokens, every token kept
+        out = _heads(_causal_gqa(q_rows, k_rows, v_rows, n, h, h_kv, scaling), h, d)
+        kept = op.Unsqueeze(op.Cast(pos, to=_INT32), zero)
+        return out, kept, op.Cast(n, to=_INT32), op.Identity(key), op.Identity(value)
+
+    q = op.Squeeze(query, zero)  # (H, n, d)
+    k = op.Squeeze(key, zero)  # (H_kv, n, d)
+    pr = op.Cast(op.Squeeze(probes, zero), to=_INT64)  # (m,)
+    m = op.Shape(pr)  # (1,)
 
     # Steps 2-3: probe attention (H_kv, g, m, n) in fp32, GQA folded into the probe rows, summed to the mass.
-    qp = op.Reshape(op.Cast(op.Gather(q, pr, axis=1), to=onnx.TensorProto.FLOAT), _i64(h_kv, g, -1, d))
-    kt = op.Unsqueeze(op.Transpose(op.Cast(k, to=onnx.TensorProto.FLOAT), perm=[0, 2, 1]), one)  # (H_kv,1,d,n)
+    qp = op.Reshape(op.Cast(op.Gather(q, pr, axis=1), to=_FLOAT), _i64(h_kv, g, -1, d))
+    kt = op.Unsqueeze(op.Transpose(op.Cast(k, to=_FLOAT), perm=[0, 2, 1]), one)  # (H_kv,1,d,n)
     scores = op.Mul(op.MatMul(qp, kt), _f32(scaling))
     visible = op.LessOrEqual(op.Unsqueeze(pos, zero), op.Unsqueeze(pr, one))  # (m, n): key j <= probe row r
     probs = op.Softmax(op.Where(visible, scores, _f32(_NEG_INF)), axis=-1)
     mass = op.ReduceSum(probs, _i64(0, 1, 2), keepdims=0)  # (n,)
 
     # Step 4: p = smallest count whose descending mass reaches tau * H * m (fp64 cumulative sum, as the reference).
-    if tau >= 1.0:
-        count = n
-    else:
-        desc, _desc_idx = op.TopK(mass, n, axis=-1, largest=1, sorted=1)
-        cumulative = op.CumSum(op.Cast(desc, to=onnx.TensorProto.DOUBLE), op.Constant(value_int=0))
-        total = op.Mul(op.Cast(m, to=onnx.TensorProto.DOUBLE), _f64(tau * h))
-        below = op.ReduceSum(op.Cast(op.Less(cumulative, total), to=onnx.TensorProto.INT64), keepdims=1)
-        count = op.Min(op.Add(below, one), n)  # (1,)
+    desc, _desc_idx = op.TopK(mass, n, axis=-1, largest=1, sorted=1)
+    cumulative = op.CumSum(op.Cast(desc, to=onnx.TensorProto.DOUBLE), op.Constant(value_int=0))
+    total = op.Mul(op.Cast(m, to=onnx.TensorProto.DOUBLE), _f64(tau * h))
+    below = op.ReduceSum(op.Cast(op.Less(cumulative, total), to=_INT64), keepdims=1)
+    count = op.Min(op.Add(below, one), n)  # (1,)
 
     # Step 5: normalised score a_j / c_j, c_j = H * #(probe rows r >= j); the p best, then ascending positions.
-    seen = op.ReduceSum(op.Cast(op.GreaterOrEqual(op.Unsqueeze(pr, one), op.Unsqueeze(pos, zero)),
-                                to=onnx.TensorProto.FLOAT), zero, keepdims=0)  # (n,)
+    seen = op.ReduceSum(op.Cast(op.GreaterOrEqual(op.Unsqueeze(pr, one), op.Unsqueeze(pos, zero)), to=_FLOAT),
+                        zero, keepdims=0)  # (n,)
     score = op.Div(mass, op.Mul(seen, _f32(h)))
     _top_val, top = op.TopK(score, count, axis=-1, largest=1, sorted=1)  # ties -> lower index (ONNX spec)
     idx, _idx_pos = op.TopK(top, count, axis=-1, largest=0, sorted=1)  # (p,) ascending
 
-    # Step 6: causal attention over the gathered p tokens, GQA by broadcasting K over the group.
-    qg = op.Reshape(op.Gather(q, idx, axis=1), _i64(h_kv, g, -1, d))  # (H_kv, g, p, d)
-    kg = op.Gather(k, idx, axis=1)  # (H_kv, p, d)
-    vg = op.Gather(v, idx, axis=1)
-    att = op.Mul(op.MatMul(qg, op.Unsqueeze(op.Transpose(kg, perm=[0, 2, 1]), one)), _f32(scaling))
-    p_s = op.Squeeze(count, zero)
-    r = op.Range(op.Constant(value_int=0), p_s, op.Constant(value_int=1))
-    causal = op.LessOrEqual(op.Unsqueeze(r, zero), op.Unsqueeze(r, one))  # (p, p): key <= query
-    weights = op.Softmax(op.Where(causal, att, _f32(_NEG_INF)), axis=-1)
-    o = op.Reshape(op.MatMul(weights, op.Unsqueeze(vg, one)), _i64(h, -1, d))  # (H, p, d)
-    scatter_idx = op.Expand(op.Reshape(idx, _i64(1, -1, 1)), op.Shape(o))
-    zeros = op.ConstantOfShape(op.Shape(q), value=onnx.helper.make_tensor("z", onnx.TensorProto.FLOAT, [1], [0.0]))
-    out = op.ScatterElements(zeros, scatter_idx, o, axis=1)  # zero rows outside T
+    # Step 6: fused causal attention over the p gathered tokens (original order), scattered back; zero elsewhere.
+    kg, vg = op.Gather(k_rows, idx, axis=0), op.Gather(v_rows, idx, axis=0)  # (p, H_kv*d)
+    o = _causal_gqa(op.Gather(q_rows, idx, axis=0), kg, vg, count, h, h_kv, scaling)  # (p, H*d)
+    zeros = op.ConstantOfShape(op.Shape(q_rows), value=onnx.helper.make_tensor("z", _FLOAT, [1], [0.0]))
+    out = _heads(op.ScatterND(zeros, op.Unsqueeze(idx, one), o), h, d)
 
     # Step 7 outputs at capacity n: K[T]/V[T] first, zero after; indices padded with -1.
     rest = op.Sub(n, count)
     kv_pads = op.Concat(_i64(0, 0, 0, 0, 0, 0), rest, _i64(0), axis=0)  # (1, H_kv, p, d) -> (1, H_kv, n, d)
-    key_compact = op.Pad(op.Unsqueeze(kg, zero), kv_pads, op.Constant(value_float=0.0))
-    value_compact = op.Pad(op.Unsqueeze(vg, zero), kv_pads, op.Constant(value_float=0.0))
+    key_compact = op.Pad(_heads(kg, h_kv, d), kv_pads, op.Constant(value_float=0.0))
+    value_compact = op.Pad(_heads(vg, h_kv, d), kv_pads, op.Constant(value_float=0.0))
     idx_pads = op.Concat(_i64(0, 0, 0), rest, axis=0)
-    kept = op.Pad(op.Unsqueeze(op.Cast(idx, to=onnx.TensorProto.INT32), zero), idx_pads, _i32_scalar(-1))
-    kept_count = op.Cast(count, to=onnx.TensorProto.INT32)
-    return op.Unsqueeze(out, zero), kept, kept_count, key_compact, value_compact
+    kept = op.Pad(op.Unsqueeze(op.Cast(idx, to=_INT32), zero), idx_pads, _i32_scalar(-1))
+    return out, kept, op.Cast(count, to=_INT32), key_compact, value_compact
+
+
+def standard_decode_attention(query, key, value, past_key, past_value, past_length, scaling: float, num_heads: int,
+                              num_kv_heads: int, head_dim: int):
+    """GroupQueryAttention translation of :func:`zipvl.export.ops.decode_attention`: the new token attends over its
+    row's ``past_length`` entries and itself; the op writes its K/V at slot past_length in the shared buffers.
+
+    query (B, H, 1, d), key/value (B, H_kv, 1, d), past_key/value (B, H_kv, C, d), past_length (B,) int32.
+    """
+    h, h_kv, d = num_heads, num_kv_heads, head_dim
+    rows = [op.Reshape(op.Transpose(x, perm=[0, 2, 1, 3]), _i64(0, 1, w))
+            for x, w in ((query, h * d), (key, h_kv * d), (value, h_kv * d))]  # (B, 1, width)
+    total = op.Cast(op.Add(op.ReduceMax(past_length, keepdims=0), _i32_scalar(1)), to=_INT32)  # scalar
+    out, present_key, present_value = MSFT.GroupQueryAttention(
+        rows[0], rows[1], rows[2], past_key, past_value, past_length, total, num_heads=h, kv_num_heads=h_kv,
+        scale=float(scaling))
+    return op.Transpose(op.Reshape(out, _i64(0, 1, h, d)), perm=[0, 2, 1, 3]), present_key, present_value
 
 
 def _i32_scalar(value: int):
-    return op.Constant(value=onnx.helper.make_tensor("c", onnx.TensorProto.INT32, [], [int(value)]))
+    return op.Constant(value=onnx.helper.make_tensor("c", _INT32, [], [int(value)]))

@@ -1,9 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The export boundary: ZipVL prefill attention as one PyTorch custom op, ``zipvl::prefill_attention``.
+"""The export boundaries: ZipVL prefill attention (``zipvl::prefill_attention``) and one decode step's attention
+over the runtime's cache buffer (``zipvl::decode_attention``), each one PyTorch custom op.
 
-Its eager body is the reference (:func:`zipvl.select_tokens` + :func:`zipvl.sparse_attention`); its fake returns
-fixed-capacity outputs (capacity n, plus explicit counts), so no output shape depends on the data. The ONNX
-exporter replaces it by one of the two lowerings (:mod:`.lowering_standard`, :mod:`.lowering_plugin`).
+Eager bodies are the reference (:func:`zipvl.select_tokens` + :func:`zipvl.sparse_attention`; plain masked attention
+for decode); fakes return fixed-capacity outputs (capacity n or C, plus explicit counts / lengths), so no output shape
+depends on the data. The ONNX exporter replaces each op by one of the two lowerings (:mod:`.lowering_standard`:
+``com.microsoft.GroupQueryAttention``, :mod:`.lowering_plugin`: ONNX ``Attention``), both fused attention nodes.
 """
 
 from __future__ import annotations
@@ -63,3 +65,52 @@ def _(query, key, value, probes, tau, scaling, num_heads, num_kv_heads, head_dim
         torch.empty_like(key),
         torch.empty_like(value),
     )
+
+
+@torch.library.custom_op("zipvl::decode_attention", mutates_args=())
+def decode_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    past_key: torch.Tensor,
+    past_value: torch.Tensor,
+    past_length: torch.Tensor,
+    scaling: float,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One decode step's attention over the runtime's cache buffer.
+
+    Parameters
+    ----------
+    query : (B, H, 1, d) the new token, after rotary embedding
+    key, value : (B, H_kv, 1, d) the new token's K/V
+    past_key, past_value : (B, H_kv, C, d) cache buffers; entries [0, past_length[b]) of row b are valid
+    past_length : (B,) int32, each row's valid entries (< C)
+    scaling : float; num_heads, num_kv_heads, head_dim : int (required, so export never drops them)
+
+    Returns
+    -------
+    attn_out : (B, H, 1, d), the token over its row's valid entries then itself
+    present_key, present_value : (B, H_kv, C, d), slots [0, past_length[b]) of the past then the new entry at slot
+        past_length[b]; later slots are unspecified (GroupQueryAttention zeroes them in a fresh buffer). The runtime
+        binds present to the past buffers: then the lowerings write that one slot in place and touch nothing else.
+    """
+    b, _, c, d = past_key.shape
+    slot = torch.arange(c, device=query.device)[None, :]
+    length = past_length.long()[:, None]
+    present_key = torch.where((slot == length)[:, None, :, None], key, past_key)
+    present_value = torch.where((slot == length)[:, None, :, None], value, past_value)
+    visible = (slot <= length)[:, None, None, :]  # the row's valid entries, then the new token at slot length
+    g = num_heads // num_kv_heads
+    q = query.float().reshape(b, num_kv_heads, g, d)  # GQA: the group's query heads share one K/V head
+    scores = torch.matmul(q, present_key.float().transpose(-1, -2)) * scaling  # (B, H_kv, g, C)
+    probs = torch.softmax(scores.masked_fill(~visible, float("-inf")), dim=-1)
+    out = torch.matmul(probs, present_value.float()).to(query.dtype).reshape(b, num_heads, 1, d)
+    return out, present_key, present_value
+
+
+@decode_attention.register_fake
+def _(query, key, value, past_key, past_value, past_length, scaling, num_heads, num_kv_heads, head_dim):
+    return torch.empty_like(query), torch.empty_like(past_key), torch.empty_like(past_value)

@@ -6,8 +6,9 @@
   unpad/newline packing, which the runtime does; Qwen2-VL: one image's patches + its rotary positions -> merged).
 - ``prefill``: (1, n, hidden) embeddings, positions, probes -> last logits + per layer compacted K/V, kept count and
   kept indices (the ZipVL op, one lowering or the other).
-- ``decode``: (B, 1, hidden) embeddings, positions, per layer cache + validity mask -> logits + per layer the new
-  token's K/V and its attention probabilities over the cache (for the runtime's re-selection).
+- ``decode``: (B, 1, hidden) embeddings, positions, per layer cache buffers + valid lengths -> logits + per layer
+  the buffers with the new token's K/V written at slot length (present, bound in place by the runtime) and the
+  token's query (for the runtime's re-selection).
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ def describe(model) -> dict:
         "head_dim": head_dim, "vocab_size": text_cfg.vocab_size, "dtype": "float32",
         "max_position_embeddings": text_cfg.max_position_embeddings, "mrope": kind == "qwen2_vl",
         "eos_token_id": text_cfg.eos_token_id, "pad_token_id": getattr(text_cfg, "pad_token_id", None),
+        # the attention's softmax scale: the runtime's re-selection recomputes the decode attention with it
+        "scaling": float(getattr(text_parts(model)[0].layers[0].self_attn, "scaling", head_dim**-0.5)),
     }
     cfg = model.config
     if kind in ("llava", "llava_next"):
@@ -150,9 +153,9 @@ class PrefillGraph(nn.Module):
 
 
 class DecodeGraph(nn.Module):
-    """inputs_embeds (B, 1, hidden), position_ids (B, 1) or (3, B, 1), past = per layer (key (B, H_kv, C_i, d),
-    value, mask (B, C_i) bool) -> logits (B, vocab), then per layer new key/value (B, H_kv, 1, d) and probs
-    (B, C_i + 1): the token's attention over cache entries then itself, summed over heads."""
+    """inputs_embeds (B, 1, hidden), position_ids (B, 1) or (3, B, 1), past = per layer (key (B, H_kv, C_i, d), value,
+    length (B,) int32: entries [0, length) of each row are valid) -> logits (B, vocab), then per layer present
+    key/value (B, H_kv, C_i, d) (the buffers with the token at slot length) and query (B, H, d) after RoPE."""
 
     def __init__(self, model, num_layers: int):
         super().__init__()

@@ -50,7 +50,7 @@ def build(request: dict) -> dict:
     """Parse request["onnx"] with the plugin library registered and build a serialized engine.
 
     request keys: onnx, shapes ({name: [min, opt, max]}), plugin_lib, engine (optional), fp16, compute_capability
-    (TensorRT-RTX target such as "SM80"), workspace_mb, has_gpu. Returns the report fields of
+    (TensorRT-RTX target such as "SM80"), workspace_mb, has_gpu, parse_only (stop after parsing: nbytes 0). Returns the report fields of
     ``tensorrt_build.EngineBuild`` (except trtexec). Raises RuntimeError with the reason on failure.
     """
     trt = import_tensorrt()
@@ -73,6 +73,14 @@ def build(request: dict) -> dict:
         raise RuntimeError(f"ONNX parse of {request['onnx']} failed: {errors}")
     plugin_layers = [network.get_layer(i).name for i in range(network.num_layers)
                      if network.get_layer(i).type == trt.LayerType.PLUGIN_V3]
+    # The parser maps ONNX Attention to the fused IAttention, which shows as an ATTENTION_INPUT/OUTPUT layer pair.
+    fused = getattr(trt.LayerType, "ATTENTION_OUTPUT", None)
+    attention_layers = [network.get_layer(i).name for i in range(network.num_layers)
+                        if fused is not None and network.get_layer(i).type == fused]
+    report = {"nbytes": 0, "backend": trt.__name__, "backend_version": str(trt.__version__),
+              "plugin_layers": plugin_layers, "attention_layers": attention_layers, "engine_path": None}
+    if request.get("parse_only"):
+        return report
 
     config = builder.create_builder_config()
     profile = builder.create_optimization_profile()
@@ -95,8 +103,7 @@ def build(request: dict) -> dict:
     engine = request.get("engine")
     if engine:
         Path(engine).write_bytes(bytes(plan))
-    return {"nbytes": int(plan.nbytes), "backend": trt.__name__, "backend_version": str(trt.__version__),
-            "plugin_layers": plugin_layers, "engine_path": str(engine) if engine else None}
+    return {**report, "nbytes": int(plan.nbytes), "engine_path": str(engine) if engine else None}
 
 
 if __name__ == "__main__":

@@ -2,9 +2,10 @@
 """Build a TensorRT (or TensorRT-RTX) engine from a plugin-lowered ONNX graph with ``libzipvl_plugins.so``.
 
 The ONNX parser maps each ``zipvl::ZipVLTokenSelect`` / ``zipvl::ZipVLSparseAttention`` node to our IPluginV3
-creators (op_type = plugin name, node domain = plugin namespace, ``plugin_version`` = "1"). The library is loaded
-into the plugin registry and serialised into the plan (``--setPluginsToSerialize``), so the engine runs without
-loading it again.
+creators (op_type = plugin name, node domain = plugin namespace, ``plugin_version`` = "1") and each ONNX
+``Attention`` node (opset 23, what ``zipvl-build --ops plugin`` emits) to TensorRT's fused IAttention layer; the
+report lists both. The library is loaded into the plugin registry and serialised into the plan
+(``--setPluginsToSerialize``), so the engine runs without loading it again.
 
 Backends, first importable wins: ``tensorrt`` (TensorRT 10.x, the Dockerfile image), ``tensorrt_rtx`` /
 ``tensorrt_rtx_bindings`` (``pip install tensorrt-rtx-cu13-libs==1.7.1.116 tensorrt-rtx-cu13-bindings``, which
@@ -18,7 +19,7 @@ CLI::
     python -m zipvl.plugins.tensorrt_build --onnx layer.onnx --engine layer.plan \\
         --minShapes query:1x4x1x16,key:1x2x1x16,value:1x2x1x16,probes:1x1 \\
         --optShapes ... --maxShapes ...
-    python -m zipvl.plugins.tensorrt_build --demo      # builds the one-layer graph of onnx_graph.py
+    python -m zipvl.plugins.tensorrt_build --demo      # builds onnx_graph.attention_layer_model (bf16)
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class EngineBuild:
     backend: str                                  #: python module used (tensorrt / tensorrt_rtx_bindings)
     backend_version: str
     plugin_layers: list[str] = field(default_factory=list)  #: names of the PLUGIN_V3 layers in the network
+    attention_layers: list[str] = field(default_factory=list)  #: fused IAttention layers (ONNX Attention nodes)
     engine_path: str | None = None
     trtexec: str = ""                             #: the equivalent trtexec command line
 
@@ -122,10 +124,12 @@ def _has_cuda_device() -> bool:
         return False
 
 
-def _request(onnx_path, shapes, plugin_lib, engine_path, fp16, compute_capability, workspace_mb) -> dict:
+def _request(onnx_path, shapes, plugin_lib, engine_path, fp16, compute_capability, workspace_mb,
+             parse_only=False) -> dict:
     return {"onnx": str(onnx_path), "shapes": {k: [list(s) for s in v] for k, v in shapes.items()},
             "plugin_lib": str(plugin_lib), "engine": str(engine_path) if engine_path else None, "fp16": bool(fp16),
-            "compute_capability": compute_capability, "workspace_mb": workspace_mb, "has_gpu": _has_cuda_device()}
+            "compute_capability": compute_capability, "workspace_mb": workspace_mb, "has_gpu": _has_cuda_device(),
+            "parse_only": bool(parse_only)}
 
 
 def build_engine(onnx_path, shapes: Shapes, plugin_lib=None, engine_path=None, fp16: bool = False,
@@ -170,14 +174,16 @@ def _child_env() -> dict[str, str]:
 
 def build_engine_subprocess(onnx_path, shapes: Shapes, plugin_lib=None, engine_path=None, fp16: bool = False,
                             compute_capability: str | None = None, workspace_mb: int | None = None,
-                            echo: bool = True, timeout: float = 600) -> EngineBuild:
-    """:func:`build_engine` in a child Python with the environment TensorRT-RTX needs (see the module doc)."""
+                            echo: bool = True, timeout: float = 600, parse_only: bool = False) -> EngineBuild:
+    """:func:`build_engine` in a child Python with the environment TensorRT-RTX needs (see the module doc).
+    ``parse_only``: stop after the ONNX parse (the report lists the network's plugin and attention layers)."""
     import_tensorrt()  # fail here, with the clear message, rather than in the child
     plugin_lib = Path(plugin_lib) if plugin_lib else library_path("plugins")
     command = trtexec_command(onnx_path, plugin_lib, shapes, engine_path, fp16)
     if echo:
         print(f"[zipvl] equivalent: {command}", file=sys.stderr)
-    request = _request(onnx_path, shapes, plugin_lib, engine_path, fp16, compute_capability, workspace_mb)
+    request = _request(onnx_path, shapes, plugin_lib, engine_path, fp16, compute_capability, workspace_mb,
+                       parse_only)
     proc = subprocess.run([sys.executable, _trt_builder.__file__, json.dumps(request)], capture_output=True,
                           text=True, timeout=timeout, env=_child_env(), check=False)
     for line in proc.stdout.splitlines():
@@ -193,15 +199,15 @@ def build_engine_subprocess(onnx_path, shapes: Shapes, plugin_lib=None, engine_p
 def _demo_model(folder: Path) -> tuple[Path, Shapes]:
     import onnx
 
-    from .onnx_graph import plugin_layer_model
+    from .onnx_graph import attention_layer_model
 
-    path = folder / "zipvl_plugin_layer.onnx"
-    onnx.save(plugin_layer_model(num_heads=4, num_kv_heads=2, head_dim=16, tau=0.9), str(path))
+    path = folder / "zipvl_attention_layer.onnx"
+    onnx.save(attention_layer_model(num_heads=4, num_kv_heads=2, head_dim=16, tau=0.9), str(path))  # bf16
     shapes: Shapes = {
-        "query": ((1, 4, 1, 16), (2, 4, 256, 16), (4, 4, 1024, 16)),
-        "key": ((1, 2, 1, 16), (2, 2, 256, 16), (4, 2, 1024, 16)),
-        "value": ((1, 2, 1, 16), (2, 2, 256, 16), (4, 2, 1024, 16)),
-        "probes": ((1, 1), (2, 128), (4, 128)),
+        "query": ((1, 4, 1, 16), (1, 4, 256, 16), (1, 4, 1024, 16)),
+        "key": ((1, 2, 1, 16), (1, 2, 256, 16), (1, 2, 1024, 16)),
+        "value": ((1, 2, 1, 16), (1, 2, 256, 16), (1, 2, 1024, 16)),
+        "probes": ((1, 1), (1, 128), (1, 128)),
     }
     return path, shapes
 
@@ -245,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         report = build_engine_subprocess(onnx_path, shapes, args.plugins, args.engine, args.fp16,
                                          args.compute_capability)
     print(f"built {report.nbytes} bytes with {report.backend} {report.backend_version}; plugin layers: "
-          f"{', '.join(report.plugin_layers)}" + (f"; saved to {report.engine_path}" if report.engine_path else ""))
+          f"{', '.join(report.plugin_layers)}; fused attention layers: {len(report.attention_layers)}"
+          + (f"; saved to {report.engine_path}" if report.engine_path else ""))
     return 0
 
 

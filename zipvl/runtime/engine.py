@@ -37,6 +37,14 @@ class PrefillResult:
 
 
 @dataclass
+class DecodeStep:
+    """One decode step's outputs: logits (B, vocab) and per layer the token's query (B, H, d) after RoPE."""
+
+    logits: np.ndarray
+    queries: list[np.ndarray]
+
+
+@dataclass
 class Generation:
     """Result of :meth:`Engine.generate` for a batch of B prompts."""
 
@@ -47,6 +55,7 @@ class Generation:
     decode_stats: list[ForwardStats] = field(default_factory=list)  # one per re-selection step
     cache_lengths_prefill: list[list[int]] = field(default_factory=list)  # [layer][sequence]
     cache_lengths: list[list[int]] = field(default_factory=list)  # after the last step
+    retained: list[list[np.ndarray]] = field(default_factory=list)  # [layer][sequence] original positions held
     kv_bytes: int = 0  # valid K/V bytes held at the end
 
 
@@ -76,7 +85,7 @@ class Engine:
         extras = self.manifest.get("extras", {})
         self.newline = np.load(self.dir / extras["image_newline"]) if "image_newline" in extras else None
         self.num_layers = self.desc["num_layers"]
-        self._decode_outputs = [o.name for o in self.decode_session.get_outputs()]
+        self.scaling = float(self.desc["scaling"])  # the attention's softmax scale (re-selection recomputes it)
 
     # ---------------------------------------------------------------- prefill
     def prefill(self, prompt: Prompt) -> PrefillResult:
@@ -126,7 +135,7 @@ class Engine:
                         self.limits["kv_capacity"])
         for i, layer in enumerate(cache.layers):
             for r, pre in enumerate(prefills):
-                layer.fill(r, pre.keys[i], pre.values[i], pre.counts[i])
+                layer.fill(r, pre.keys[i], pre.values[i], pre.counts[i], pre.indices[i])
         result = Generation(tokens=np.zeros((b, 0), dtype=np.int64), logits=[], prefills=prefills,
                             prefill_stats=self._prefill_stats(prefills), cache_lengths_prefill=cache.lengths())
         logits = np.stack([pre.logits for pre in prefills])
@@ -140,40 +149,47 @@ class Engine:
         for t in range(max_new_tokens - 1):
             if eos_token_id is not None:
                 done |= tokens[-1] == eos_token_id
-            outs = self.decode_step(io, tokens[-1], lengths + t + deltas)
-            logits = outs[0]
-            for i, layer in enumerate(cache.layers):
-                layer.append(outs[1 + 3 * i], outs[2 + 3 * i])
+            step = self.decode_step(io, cache, tokens[-1], lengths + t + deltas, indices=lengths + t)
             pending += 1
             interval = self.config.decode_interval
             if interval and pending >= interval:
-                result.decode_stats.append(self._reselect(cache, outs, pending))
+                result.decode_stats.append(self._reselect(cache, step, pending))
                 pending = 0
-            nxt = logits.argmax(-1)
+            nxt = step.logits.argmax(-1)
             if eos_token_id is not None:
                 nxt = np.where(done, eos_token_id, nxt)
-            result.logits.append(logits)
+            result.logits.append(step.logits)
             tokens.append(nxt)
         result.tokens = np.stack(tokens, axis=1)
         result.cache_lengths = cache.lengths()
+        result.retained = [[layer.retained(r) for r in range(b)] for layer in cache.layers]
         result.kv_bytes = cache.nbytes()
         return result
 
     def bind_cache(self, cache: KVCache):
-        """Bind a cache's per-layer buffers (OrtValues, no copy) as the decode graph's inputs; reuse the returned
-        binding for every :meth:`decode_step` over that cache."""
+        """Bind a cache's per-layer buffers (OrtValues, no copy) as the decode graph's inputs and as its present
+        outputs (the graph writes each step's token into them in place); reuse the returned binding for every
+        :meth:`decode_step` over that cache."""
         io = self.decode_session.io_binding()
+        # Output order = binding order (what decode_step reads): logits, the L queries, then the cache buffers.
+        io.bind_output("logits", "cpu")
+        for i in range(self.num_layers):
+            io.bind_output(f"query.{i}", "cpu")
         for i, layer in enumerate(cache.layers):
             io.bind_ortvalue_input(f"past.{i}.key", layer.ort_key)
             io.bind_ortvalue_input(f"past.{i}.value", layer.ort_value)
-            io.bind_ortvalue_input(f"past.{i}.mask", layer.ort_mask)
-        for name in self._decode_outputs:
-            io.bind_output(name, "cpu")
+            io.bind_ortvalue_input(f"past.{i}.length", layer.ort_lengths)
+            io.bind_ortvalue_output(f"present.{i}.key", layer.ort_key)
+            io.bind_ortvalue_output(f"present.{i}.value", layer.ort_value)
         return io
 
-    def decode_step(self, io, tokens: np.ndarray, positions: np.ndarray) -> list[np.ndarray]:
-        """One decode step of the batch: tokens (B,) int, original positions (B,) -> the decode graph's outputs
-        (logits, then per layer new key, new value, and what re-selection needs). Appending is the caller's job."""
+    def decode_step(self, io, cache: KVCache, tokens: np.ndarray, positions: np.ndarray,
+                    indices: np.ndarray | None = None) -> DecodeStep:
+        """One decode step of the batch over ``cache`` (bound as ``io`` by :meth:`bind_cache`): tokens (B,) int,
+        rotary positions (B,) (original position + rope delta). The graph writes the tokens' K/V into the cache; the
+        lengths advance here, and ``indices`` (the tokens' original positions, optional) are recorded."""
+        for layer in cache.layers:
+            layer.check_room()
         embeds = self.embed.run(None, {"input_ids": tokens[:, None].astype(np.int64)})[0]
         pos = positions[:, None].astype(np.int64)
         if self.desc["mrope"]:
@@ -181,15 +197,19 @@ class Engine:
         io.bind_cpu_input("inputs_embeds", embeds)
         io.bind_cpu_input("position_ids", pos)
         self.decode_session.run_with_iobinding(io)
-        # copy_outputs_to_cpu copies: OrtValue.numpy() may alias ORT's buffers, which the next run reuses.
-        return io.copy_outputs_to_cpu()
+        for layer in cache.layers:
+            layer.advance(indices)
+        # Copies (numpy() of an output may alias ORT's buffers, which the next run reuses): logits + L queries,
+        # never the cache (its outputs are the bound buffers themselves).
+        outs = io.get_outputs()
+        return DecodeStep(outs[0].numpy().copy(), [outs[1 + i].numpy().copy() for i in range(self.num_layers)])
 
-    def _reselect(self, cache: KVCache, outs, window: int) -> ForwardStats:
+    def _reselect(self, cache: KVCache, step: DecodeStep, window: int) -> ForwardStats:
         stats = ForwardStats(phase="decode")
-        h, kv_entry = self.desc["num_heads"], 2 * self.desc["num_kv_heads"] * self.desc["head_dim"] * 4
+        kv_entry = 2 * self.desc["num_kv_heads"] * self.desc["head_dim"] * 4
         for i, layer in enumerate(cache.layers):
             before = kv_entry * int(layer.lengths.sum())
-            kept = layer.reselect(outs[3 + 3 * i], window, self.config.tau, h)
+            kept = layer.reselect(step.queries[i], window, self.config.tau, self.scaling)
             stats.layers.append(LayerStats(layer=i, phase="decode", mode="reselect", length=[window] * len(kept),
                                            kept=kept, kv_bytes_before=before,
                                            kv_bytes_after=kv_entry * int(layer.lengths.sum()),

@@ -1,10 +1,12 @@
 # SPDX-License-Identifier: Apache-2.0
 """The runtime's evicted KV cache: per layer one preallocated capacity buffer pair, per (layer, sequence) a length.
 
-Layout per layer: key/value ``(B, H_kv, C_l, d)`` float32, mask ``(B, C_l)`` bool, lengths ``(B,)``. Entries
-``[0, length)`` of a row are valid and in original order (prefill's kept tokens, then generated tokens); the rest is
-zero and masked. The decode graph reads the buffers in place (wrapped once as OrtValues), so a step appends one
-entry per sequence and never copies the cache; re-selection compacts only the newest window.
+Layout per layer: key/value ``(B, H_kv, C_l, d)`` float32, lengths ``(B,)`` int32, and the original token position of
+every entry ``(B, C_l)`` int64 (-1 where unknown or free: bookkeeping, never read by a graph). Entries ``[0, length)``
+of a row are valid and in original order (prefill's kept tokens, then generated tokens); the rest is zero and never read.
+The decode graph takes the buffers as ``past.{i}.key/value`` and ``past.{i}.length`` and writes the step's token at
+slot length as ``present.{i}.key/value``, bound to the same buffers (wrapped once as OrtValues): a step writes one
+entry per sequence in place and nothing copies the cache; re-selection compacts only the newest window.
 """
 
 from __future__ import annotations
@@ -23,63 +25,90 @@ class LayerCache:
     def __init__(self, batch: int, kv_heads: int, capacity: int, head_dim: int):
         self.key = np.zeros((batch, kv_heads, capacity, head_dim), dtype=np.float32)
         self.value = np.zeros_like(self.key)
-        self.mask = np.zeros((batch, capacity), dtype=bool)
-        self.lengths = np.zeros(batch, dtype=np.int64)
-        # OrtValues over the same memory (CPU): bound once, the graph sees every in-place update.
+        self.lengths = np.zeros(batch, dtype=np.int32)
+        self.positions = np.full((batch, capacity), -1, dtype=np.int64)
+        # OrtValues over the same memory (CPU): bound once, the graph sees and makes every in-place update.
         self.ort_key = ort.OrtValue.ortvalue_from_numpy(self.key)
         self.ort_value = ort.OrtValue.ortvalue_from_numpy(self.value)
-        self.ort_mask = ort.OrtValue.ortvalue_from_numpy(self.mask)
+        self.ort_lengths = ort.OrtValue.ortvalue_from_numpy(self.lengths)
 
     @property
     def capacity(self) -> int:
         return self.key.shape[2]
 
-    def fill(self, row: int, key: np.ndarray, value: np.ndarray, count: int) -> None:
-        """Prefill: the row's first ``count`` compacted entries, key/value (H_kv, >= count, d)."""
+    def fill(self, row: int, key: np.ndarray, value: np.ndarray, count: int, positions: np.ndarray | None = None) -> None:
+        """Prefill: the row's first ``count`` compacted entries, key/value (H_kv, >= count, d), and their original
+        positions (the kept indices, ascending) when given."""
         self.key[row, :, :count] = key[:, :count]
         self.value[row, :, :count] = value[:, :count]
-        self.mask[row, :count] = True
         self.lengths[row] = count
+        if positions is not None:
+            self.positions[row, :count] = positions[:count]
 
-    def append(self, key: np.ndarray, value: np.ndarray) -> None:
-        """One new entry per row, key/value (B, H_kv, 1, d), written at each row's length."""
+    def check_room(self) -> None:
+        """Raise before a step that would write past the buffer's end."""
         if int(self.lengths.max()) >= self.capacity:
             raise EngineLimitError(f"KV cache capacity {self.capacity} of a layer exhausted; lower max_new_tokens")
+
+    def advance(self, positions: np.ndarray | None = None) -> None:
+        """After a decode step: the graph wrote each row's new entry at slot length; count it (and record its
+        original position (B,) when given)."""
+        if positions is not None:
+            self.positions[np.arange(len(self.lengths)), self.lengths] = positions
+        self.lengths += 1
+
+    def append(self, key: np.ndarray, value: np.ndarray) -> None:
+        """One new entry per row, key/value (B, H_kv, 1, d), written at each row's length (for callers that hold
+        the token's K/V outside the decode graph)."""
+        self.check_room()
         rows = np.arange(self.key.shape[0])
         self.key[rows, :, self.lengths] = key[:, :, 0]
         self.value[rows, :, self.lengths] = value[:, :, 0]
-        self.mask[rows, self.lengths] = True
-        self.lengths += 1
+        self.advance()
 
-    def reselect(self, probs: np.ndarray, window: int, tau: float, num_heads: int) -> list[int]:
-        """Decode-time re-selection (method, "Decoding") after the step's append.
+    def attention(self, query: np.ndarray, scaling: float) -> torch.Tensor:
+        """The current token's attention over each row's valid entries, summed over heads: (B, C) float32.
 
-        probs (B, C + 1): the step's attention of the current token over the buffer slots, then itself (already
-        appended, at slot length - 1). The window is each row's newest ``window`` entries (contiguous at the end).
-        Returns kept counts per row.
+        query (B, H, d) after RoPE (the decode graph's ``query.{i}``). The reference's formula (fp32, GQA folded into
+        the query rows, softmax over the whole retained cache): what a fused attention does not return.
         """
-        b, c = self.mask.shape
-        rows = []
-        for r in range(b):
-            end = int(self.lengths[r])  # includes the current token
-            older = probs[r, end - window: end - 1]  # window entries before the current token, by slot
-            rows.append(np.concatenate([older, probs[r, c: c + 1]]))
-        mass = torch.from_numpy(np.stack(rows).astype(np.float32))
-        kept = select_window(mass, tau, num_heads).numpy()  # (B, window)
+        b, h, d = query.shape
+        h_kv = self.key.shape[1]
+        q = torch.from_numpy(query).float().view(b, h_kv, h // h_kv, d)
+        logits = torch.matmul(q, torch.from_numpy(self.key).transpose(-1, -2)) * scaling  # (B, H_kv, g, C)
+        valid = torch.arange(self.capacity)[None, :] < torch.from_numpy(self.lengths).long()[:, None]  # (B, C)
+        return torch.softmax(logits.masked_fill(~valid[:, None, None, :], float("-inf")), dim=-1).sum(dim=(1, 2))
+
+    def reselect(self, query: np.ndarray, window: int, tau: float, scaling: float) -> list[int]:
+        """Decode-time re-selection (method, "Decoding") after the step's token was written.
+
+        query (B, H, d): the step's token. Its attention over the cache is recomputed here (O(H * C) per layer,
+        once per ``decode_interval`` steps); the window is each row's newest ``window`` entries (contiguous at the
+        end, the current token last). Returns kept counts per row.
+        """
+        probs = self.attention(query, scaling)
+        ends = self.lengths.astype(np.int64)
+        mass = torch.stack([probs[r, int(end) - window: int(end)] for r, end in enumerate(ends)])  # (B, window)
+        kept = select_window(mass, tau, query.shape[1]).numpy()  # (B, window)
         counts = []
-        for r in range(b):
-            start = int(self.lengths[r]) - window
+        for r in range(self.key.shape[0]):
+            start = int(ends[r]) - window
             keep = start + np.flatnonzero(kept[r])
             k = len(keep)
             # Survivors move to the front of the window, order preserved; only the window is touched.
             self.key[r, :, start: start + k] = self.key[r][:, keep]
             self.value[r, :, start: start + k] = self.value[r][:, keep]
+            self.positions[r, start: start + k] = self.positions[r, keep]
             self.key[r, :, start + k: start + window] = 0
             self.value[r, :, start + k: start + window] = 0
-            self.mask[r, start + k: start + window] = False
+            self.positions[r, start + k: start + window] = -1
             self.lengths[r] = start + k
             counts.append(k)
         return counts
+
+    def retained(self, row: int) -> np.ndarray:
+        """Original positions of the entries ``row`` holds, in cache order."""
+        return self.positions[row, : int(self.lengths[row])].copy()
 
     def nbytes_valid(self) -> int:
         """Bytes of the valid K/V entries (what the cache holds after eviction)."""

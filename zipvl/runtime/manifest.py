@@ -13,7 +13,7 @@ from pathlib import Path
 from .errors import EngineFileError, EngineVersionError, ManifestError
 
 FORMAT = "zipvl-engine"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: fused attention; decode takes per-layer lengths and returns present K/V + query
 MANIFEST = "manifest.json"
 REQUIRED = ("format", "format_version", "zipvl_version", "model", "zipvl", "ops", "opset", "limits", "graphs", "files")
 

@@ -100,6 +100,9 @@ def compare_batch(engine: Engine, model, prompts: list[Prompt], max_new_tokens: 
                                   "equal": gen.cache_lengths_prefill == [list(map(int, c)) for c in ref.prefill_counts]},
         "cache_lengths_final": {"engine": gen.cache_lengths, "reference": ref.cache_lengths,
                                 "equal": gen.cache_lengths == ref.cache_lengths},
+        # what each layer's cache holds at the end, by original position: the decode re-selections' kept sets
+        "retained_identical": all(np.array_equal(e, r) for el, rl in zip(gen.retained, ref.retained)
+                                  for e, r in zip(el, rl)),
         "reselections": len(gen.decode_stats),
         "logits": logits,
         "tokens": {"generated": int(gen.tokens.shape[1]), "agreement": float(same.mean()),
@@ -133,6 +136,7 @@ def validate(engine: Engine, model, prompts: list[Prompt], max_new_tokens: int =
             "near_ties": sum(len(b["near_ties"]) for b in batches),
             "cache_lengths_equal": all(b["cache_lengths_prefill"]["equal"] and b["cache_lengths_final"]["equal"]
                                        for b in batches),
+            "retained_identical": all(b["retained_identical"] for b in batches),
             "max_abs_logit_error": max(b["logits"]["max_abs_error"] for b in batches),
             "mean_abs_logit_error": float(np.mean([b["logits"]["mean_abs_error"] for b in batches])),
             "token_agreement": float(np.mean([b["tokens"]["agreement"] for b in batches])),

@@ -58,6 +58,7 @@ class ReferenceRun:
     scores: list[list[np.ndarray | None]]  # [layer][row] the reference's normalised scores (None: dense layer)
     prefill_counts: list[list[int]]  # [layer][row]
     cache_lengths: list[list[int]]  # [layer][row] after generation
+    retained: list[list[np.ndarray]]  # [layer][row] original positions the cache holds after generation
     prefill_stats: object
 
 
@@ -126,6 +127,8 @@ def run_reference(model, prompts: list[Prompt], desc: dict, config: ZipVLConfig,
         kept.append(rows[-b:])
         scores.append(policy.scores.get(layer, [None] * b)[-b:])
     counts = [list(s.kept) for s in sorted(state.prefill_stats.layers, key=lambda s: s.layer)]
+    pads = [n_in - len(p.input_ids) for p in prompts]  # left padding shifts every slot of a row
+    retained = [[(layer.slots[r][layer.valid[r]] - pads[r]).numpy() for r in range(b)] for layer in cache.layers]
     return ReferenceRun(tokens=out.sequences[:, n_in:].numpy(), logits=[x.float().numpy() for x in out.logits],
                         kept=kept, scores=scores, prefill_counts=counts, cache_lengths=cache.physical_lengths(),
-                        prefill_stats=state.prefill_stats)
+                        retained=retained, prefill_stats=state.prefill_stats)

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Tiny engines for tests and self-checks: a tiny model from config (``zipvl.testing.tiny_model``) saved as a
-checkpoint directory, built once per process per (arch, ops, tau); variants reuse the base engine's embed / vision /
-decode graphs, so only the prefill graph is exported again."""
+checkpoint directory, built once per process per (arch, ops, tau); variants reuse the base engine's embed / vision
+graphs (and decode when built with the same ops), so only the prefill graph is exported again."""
 
 from __future__ import annotations
 
@@ -50,8 +50,8 @@ def tiny_engine(arch: str, ops: str = "standard", tau: float = 0.975) -> Path:
         return path
     base = root() / "engines" / f"{arch}-standard-0.975"
     reuse = None
-    if path != base:
-        reuse = tiny_engine(arch)  # the full build once; variants export only their prefill graph
+    if path != base:  # the full build once; variants export only their prefill (and, per ops, decode) graph
+        reuse = tiny_engine(arch, ops) if ops != "standard" and tau != 0.975 else tiny_engine(arch)
     model, source = load_model(tiny_model_dir(arch))
     build_engine(model, path, ops=ops, config=tiny_config(tau), max_batch=4, max_sequence=MAX_SEQUENCE,
                  source_dir=source, reuse=reuse, progress=False)
