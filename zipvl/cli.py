@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--image", help="your own image file or skimage:<name> (default: an easy-vqa test image)")
     demo.add_argument("--question", default="what shape is in the image?", help="asked about --image")
     demo.add_argument("--vqa-item", type=int, default=11,
-                      help="which seeded easy-vqa test question (default 11: a colour question v2 answers right)")
+                      help="which seeded easy-vqa test question (default 11: a colour question the shipped weights answer right, dense and with ZipVL)")
     demo.add_argument("--context-tokens", type=int, default=1500)
     demo.add_argument("--depth", type=float, default=0.5, help="relative depth of the planted fact")
     demo.add_argument("--max-new-tokens", type=int, default=12)

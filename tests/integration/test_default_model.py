@@ -44,7 +44,7 @@ def test_image_prompt_tau_one_matches_dense(default_model):
 @torch.no_grad()
 def test_trained_vision_sees_held_out_images(default_model):
     """The shipped tower + projector load and carry the image: on a fixed sample of easy-vqa *test* questions the
-    dense model beats the majority answer by a wide margin (a random tower answers at about the majority rate), and
+    dense model beats the majority answer by 30 points (a random tower answers at about the majority rate), and
     ZipVL answers on the same prompts report visual and text kept ratios."""
     from zipvl.eval.metrics import score
     from zipvl.eval.tasks import TaskOptions, build_inputs, make_items
@@ -56,7 +56,21 @@ def test_trained_vision_sees_held_out_images(default_model):
     for item in items:
         inputs, _ = build_inputs(processor, item)
         hits += score("vqa", generate(model, processor, inputs, max_new_tokens=4).text[0], item.answers)
-    assert hits / len(items) >= majority + 0.15, (hits / len(items), majority)
+    assert hits / len(items) >= majority + 0.3, (hits / len(items), majority)
     sparse = generate(model, processor, build_inputs(processor, items[0])[0], max_new_tokens=4,
                       config=ZipVLConfig(tau=0.975))
     assert set(sparse.kept_by_type) == {"visual", "text"} and 0 < sparse.kept_by_type["visual"] <= 1
+
+
+@torch.no_grad()
+def test_trained_vision_answers_the_demo_image(default_model):
+    """The held-out easy-vqa image of `zipvl demo` (a yellow circle, test split): right dense and with ZipVL."""
+    from zipvl.eval.tasks import TaskOptions, build_inputs, make_items
+
+    model, processor = default_model
+    item = make_items("easyvqa", None, TaskOptions(limit=12, seed=0))[11]
+    assert item.answers == ["yellow"] and "color of the circle" in item.prompt
+    inputs, _ = build_inputs(processor, item)
+    for config in (None, ZipVLConfig(tau=0.975)):
+        text = generate(model, processor, inputs, max_new_tokens=4, config=config).text[0]
+        assert text.strip().rstrip(".").lower() == "yellow", (config, text)

@@ -22,12 +22,16 @@ def _accuracy(model, processor, items) -> float:
 
 
 @torch.no_grad()
-def test_shipped_weights_reproduce_their_recorded_accuracy(default_model):
-    """The held-out accuracy written in the weights' card (same seeded easy-vqa test sample, same prompt) is what
-    the shipped weights give, within 2 points."""
+@pytest.mark.parametrize("task", ["easyvqa", "scenes_long", "multi_image"])
+def test_shipped_weights_reproduce_their_recorded_accuracy(default_model, task):
+    """The held-out accuracy written in the weights' card by scripts/train_vision.py (through zipvl-eval's harness)
+    is what the shipped weights give through the public ``generate`` on the same seeded items, within 2 points, and
+    above the majority answer's accuracy on the same items."""
     from zipvl.models.vision import CARD
 
-    card = json.loads(CARD.read_text())["heldout"]
+    card = json.loads(CARD.read_text())["heldout"][task]
     model, processor = default_model
-    items = make_items("easyvqa", None, TaskOptions(limit=card["questions"], seed=card["sample_seed"]))
-    assert abs(_accuracy(model, processor, items) - card["accuracy"]) <= 0.02
+    items = make_items(task, None, TaskOptions(limit=card["items"], seed=card["sample_seed"]))
+    accuracy = _accuracy(model, processor, items)
+    assert abs(accuracy - card["accuracy"]) <= 0.02, (accuracy, card)
+    assert accuracy > card["majority_accuracy"], (accuracy, card)

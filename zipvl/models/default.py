@@ -104,7 +104,7 @@ def _build_llava(tokenizer, lm, trained: bool = True):
     if trained:
         load_vision(model)
     else:
-        _match_projector_scale(model)
+        match_projector_scale(model)
 
     image_processor = CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE},
                                          crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
@@ -115,11 +115,13 @@ def _build_llava(tokenizer, lm, trained: bool = True):
 
 
 @torch.no_grad()
-def _match_projector_scale(model) -> None:
-    """An untrained vision tower: scale the projector so image features have the text embeddings' RMS,
-    which keeps the real LM in its normal operating range on image prompts."""
-    g = torch.Generator().manual_seed(VISION_SEED)
-    pixels = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE, generator=g)
+def match_projector_scale(model, pixels: torch.Tensor | None = None) -> None:
+    """Scale the projector so image features have the text embeddings' RMS on ``pixels`` (seeded noise if None),
+    which keeps the real LM in its normal operating range on image prompts (an untrained or freshly pre-trained
+    tower)."""
+    if pixels is None:
+        g = torch.Generator().manual_seed(VISION_SEED)
+        pixels = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE, generator=g)
     feats = model.model.get_image_features(pixel_values=pixels)
     feats = getattr(feats, "pooler_output", feats)
     if isinstance(feats, (list, tuple)):

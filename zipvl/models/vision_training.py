@@ -1,7 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Train the default model's vision tower + projector against the frozen SmolLM2 (the LLaVA recipe: answer loss
-through the frozen LM), on offline data only: the easy-vqa train split and procedural scenes (:mod:`zipvl.data.scenes`)
-as single images, tiled canvases and multi-image prompts. Seeded end to end; ``scripts/train_vision.py`` is the CLI.
+"""Train the default model's vision tower + projector against the frozen SmolLM2, on offline data only: the easy-vqa
+train split and procedural scenes (:mod:`zipvl.data.scenes`) as single images, tiled canvases up to 4 x 4 (1,024
+visual tokens) and multi-image prompts. Two stages: the tower learns to see labelled tiles
+(:mod:`zipvl.models.tower_pretraining`, no LM, minutes), then tower + projector learn to answer through the frozen LM
+(the LLaVA recipe: answer loss only). Seeded end to end; ``scripts/train_vision.py`` is the CLI.
 """
 
 from __future__ import annotations
@@ -14,25 +16,34 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..data.scenes import random_scene, scene_question, tiles
+from .tower_pretraining import LabelledTiles, PretrainConfig, pretrain_tower
 from .vision import IMAGE_SIZE, TRAINABLE_PREFIXES
 
 VQA_SUFFIX = "Answer the question using a single word or phrase."  # the eval tasks' prompt (zipvl.eval.tasks)
 IMAGE_MARK = "<image>"
 
 
+KINDS = ("easyvqa", "scene1", "tiles2", "tiles3", "tiles4", "multi")
+# samples per batch as a fraction of TrainConfig.batch: long prompts come in smaller batches, so every step costs
+# about the same number of tokens (~100 per single image, ~1,100 per 4 x 4 canvas)
+KIND_BATCH = {"easyvqa": 1.0, "scene1": 1.0, "tiles2": 0.5, "tiles3": 0.25, "tiles4": 0.125, "multi": 0.5}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 800
+    steps: int = 640
     batch: int = 8
-    lr: float = 1e-3
-    min_lr: float = 5e-5
-    warmup: int = 40
+    lr: float = 1e-3  # projector
+    tower_lr: float = 3e-4  # the tower already sees after stage 1: move it gently
+    min_lr_fraction: float = 0.05
+    warmup: int = 30
     weight_decay: float = 0.01
     seed: int = 0
     threads: int = 2
     bf16: bool = True
-    # sample mix (fractions of the batches): easy-vqa, 1x1 scene, 2x2 tiles, 3x3 tiles, multi-image
-    mix: tuple[float, ...] = (0.6, 0.15, 0.15, 0.0, 0.1)
+    tower_steps: int = 1000  # stage 1 (0: skip)
+    # share of the batches of each kind in KINDS; in time: ~40 % easy-vqa, 20 % 4 x 4 canvases
+    mix: tuple[float, ...] = (0.5, 0.06, 0.125, 0.07, 0.165, 0.08)
 
 
 @dataclass
@@ -41,12 +52,6 @@ class Sample:
     images: list
     answer: str
     kind: str
-
-
-def _upscale(img):
-    from PIL import Image
-
-    return img.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE), Image.BICUBIC)
 
 
 def canvas_prompt(n_tiles: int, cols: int, question: str) -> str:
@@ -61,8 +66,6 @@ def multi_image_prompt(n: int, question: str) -> str:
 
 class SampleStream:
     """Seeded, endless stream of training batches; each batch is one kind, so padding stays small."""
-
-    KINDS = ("easyvqa", "scene1", "tiles2", "tiles3", "multi")
 
     def __init__(self, seed: int, mix: tuple[float, ...]):
         from easy_vqa import get_train_image_paths, get_train_questions
@@ -80,7 +83,7 @@ class SampleStream:
             self._order = list(range(len(self.questions)))
             self.rng.shuffle(self._order)
         i = self._order.pop()
-        img = _upscale(Image.open(self.paths[self.image_ids[i]]))
+        img = Image.open(self.paths[self.image_ids[i]]).convert("RGB")  # the processor resizes, as in zipvl-eval
         return Sample(f"{IMAGE_MARK}\n{self.questions[i]} {VQA_SUFFIX}", [img], self.answers[i], "easyvqa")
 
     def _tiled(self, side: int) -> Sample:
@@ -102,10 +105,10 @@ class SampleStream:
         return Sample(multi_image_prompt(n, question), tiles(scene.render(), IMAGE_SIZE), answer, "multi")
 
     def batch(self, size: int) -> list[Sample]:
-        kind = self.rng.choices(self.KINDS, weights=self.mix)[0]
+        kind = self.rng.choices(KINDS, weights=self.mix)[0]
         make = {"easyvqa": self._easyvqa, "scene1": lambda: self._tiled(1), "tiles2": lambda: self._tiled(2),
-                "tiles3": lambda: self._tiled(3), "multi": self._multi}[kind]
-        return [make() for _ in range(size)]
+                "tiles3": lambda: self._tiled(3), "tiles4": lambda: self._tiled(4), "multi": self._multi}[kind]
+        return [make() for _ in range(max(1, round(size * KIND_BATCH[kind])))]
 
 
 def chat_prompt(tokenizer, user: str) -> str:
@@ -143,20 +146,34 @@ def freeze_language_model(model) -> list[torch.nn.Parameter]:
     return params
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine down to ``min_lr_fraction``."""
     if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
+        return (step + 1) / cfg.warmup
     t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * t))
+    return cfg.min_lr_fraction + 0.5 * (1 - cfg.min_lr_fraction) * (1 + math.cos(math.pi * t))
 
 
-def train(model, processor, cfg: TrainConfig, log=print) -> list[dict]:
-    """Runs ``cfg.steps`` AdamW steps in place; returns the per-step log (loss, kind, lr, seconds)."""
+def train(model, processor, cfg: TrainConfig, log=print) -> dict:
+    """Stage 1 (tower alone) then ``cfg.steps`` AdamW steps through the frozen LM, in place. Returns the stage-1
+    result and the per-step log of stage 2 (loss, kind, lr, tokens, seconds)."""
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
+    stage1 = None
+    if cfg.tower_steps:
+        from .default import match_projector_scale
+
+        pre = PretrainConfig(steps=cfg.tower_steps, seed=cfg.seed, bf16=cfg.bf16)
+        stage1 = pretrain_tower(model.model.vision_tower, processor.image_processor, IMAGE_SIZE, pre, log=log)
+        with torch.no_grad():  # the projector was scaled for the random tower: rescale on real tiles
+            match_projector_scale(model, LabelledTiles(processor.image_processor, IMAGE_SIZE, pre).batch(32)[0])
     params = freeze_language_model(model)
+    tower = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("model.vision_tower.")]
+    projector = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("model.vision_tower.")]
+    opt = torch.optim.AdamW([{"params": projector, "lr": cfg.lr, "base": cfg.lr},
+                             {"params": tower, "lr": cfg.tower_lr, "base": cfg.tower_lr}],
+                            weight_decay=cfg.weight_decay)
     model.train()
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     stream = SampleStream(cfg.seed, cfg.mix)
     history = []
     start = time.perf_counter()
@@ -164,14 +181,14 @@ def train(model, processor, cfg: TrainConfig, log=print) -> list[dict]:
         samples = stream.batch(cfg.batch)
         inputs = encode_batch(processor, samples)
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
+            group["lr"] = group["base"] * lr_factor(step, cfg)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
             loss = model(**inputs, use_cache=False).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        history.append({"step": step, "loss": loss.item(), "kind": samples[0].kind, "lr": lr_at(step, cfg),
+        history.append({"step": step, "loss": loss.item(), "kind": samples[0].kind, "lr": cfg.lr * lr_factor(step, cfg),
                         "tokens": int(inputs["input_ids"].shape[1]), "seconds": time.perf_counter() - start})
         if step % 20 == 0 or step == cfg.steps - 1:
             recent = [h["loss"] for h in history[-20:]]
@@ -180,7 +197,7 @@ def train(model, processor, cfg: TrainConfig, log=print) -> list[dict]:
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return history
+    return {"stage1": stage1, "history": history}
 
 
 def config_dict(cfg: TrainConfig) -> dict:
