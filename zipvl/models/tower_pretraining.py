@@ -150,7 +150,7 @@ def pretrain_tower(tower, image_processor, image_size: int, cfg: PretrainConfig,
 
 @torch.no_grad()
 def heldout_tile_accuracy(tower, heads, image_processor, n: int = 512) -> dict:
-    """Head accuracy on easy-vqa *test* images (labels from their questions) and fresh procedural tiles."""
+    """Head accuracy (shape, colour) on the first ``n`` labelled easy-vqa *test* images (labels from their questions)."""
     from easy_vqa import get_test_image_paths, get_test_questions
     from PIL import Image
 

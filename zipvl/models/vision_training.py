@@ -165,8 +165,8 @@ def train(model, processor, cfg: TrainConfig, log=print) -> dict:
 
         pre = PretrainConfig(steps=cfg.tower_steps, seed=cfg.seed, bf16=cfg.bf16)
         stage1 = pretrain_tower(model.model.vision_tower, processor.image_processor, IMAGE_SIZE, pre, log=log)
-        with torch.no_grad():  # the projector was scaled for the random tower: rescale on real tiles
-            match_projector_scale(model, LabelledTiles(processor.image_processor, IMAGE_SIZE, pre).batch(32)[0])
+        # the projector was scaled for the random tower: rescale on real tiles (match_projector_scale is no_grad)
+        match_projector_scale(model, LabelledTiles(processor.image_processor, IMAGE_SIZE, pre).batch(32)[0])
     params = freeze_language_model(model)
     tower = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("model.vision_tower.")]
     projector = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("model.vision_tower.")]

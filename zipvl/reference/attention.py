@@ -17,7 +17,7 @@ from ..errors import ZipVLIntegrationError
 from .cache import ZipVLCache, ZipVLLayer
 from .hf_compat import TRANSFORMERS_VERSION
 from .policy import LayerContext
-from .selection import select_window
+from .selection import select_window, token_attention_mass
 from .sparse import sparse_attention
 from .stats import LayerStats, causal_attention_flops, probe_flops
 
@@ -154,11 +154,8 @@ def _reselect_window(module, state, layer: ZipVLLayer, query, key, visible, scal
     ``pending`` entries; keep the smallest set reaching tau of the window's mass, evict the rest of the window."""
     b, h, _, d = query.shape
     w = layer.pending
-    h_kv = key.shape[1]
     scale = d**-0.5 if scaling is None else scaling
-    # GQA folded into the query rows: (B, H_kv, g, d) x (B, H_kv, d, L), no repeat of the cache.
-    logits = torch.matmul(query.float().view(b, h_kv, h // h_kv, d), key.float().transpose(-1, -2)) * scale
-    probs = torch.softmax(logits.masked_fill(~visible, float("-inf")), dim=-1).sum(dim=(1, 2))  # (B, L)
+    probs = token_attention_mass(query, key, visible.reshape(b, -1), scale)  # (B, L)
     window = layer.valid & (layer.slots >= layer.logical - w)
     window_mass = probs[window].view(b, w)
     kept_window = select_window(window_mass, state.policy.config.evict_tau, h)

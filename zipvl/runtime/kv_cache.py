@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from ..reference.selection import select_window
+from ..reference.selection import select_window, token_attention_mass
 from .errors import EngineLimitError
 
 
@@ -69,15 +69,11 @@ class LayerCache:
     def attention(self, query: np.ndarray, scaling: float) -> torch.Tensor:
         """The current token's attention over each row's valid entries, summed over heads: (B, C) float32.
 
-        query (B, H, d) after RoPE (the decode graph's ``query.{i}``). The reference's formula (fp32, GQA folded into
-        the query rows, softmax over the whole retained cache): what a fused attention does not return.
+        query (B, H, d) after RoPE (the decode graph's ``query.{i}``). The reference's own function
+        (:func:`zipvl.reference.selection.token_attention_mass`): what a fused attention does not return.
         """
-        b, h, d = query.shape
-        h_kv = self.key.shape[1]
-        q = torch.from_numpy(query).float().view(b, h_kv, h // h_kv, d)
-        logits = torch.matmul(q, torch.from_numpy(self.key).transpose(-1, -2)) * scaling  # (B, H_kv, g, C)
         valid = torch.arange(self.capacity)[None, :] < torch.from_numpy(self.lengths).long()[:, None]  # (B, C)
-        return torch.softmax(logits.masked_fill(~valid[:, None, None, :], float("-inf")), dim=-1).sum(dim=(1, 2))
+        return token_attention_mass(torch.from_numpy(query), torch.from_numpy(self.key), valid, scaling)
 
     def reselect(self, query: np.ndarray, window: int, tau: float, scaling: float) -> list[int]:
         """Decode-time re-selection (method, "Decoding") after the step's token was written.
