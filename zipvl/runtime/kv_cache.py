@@ -75,21 +75,24 @@ class LayerCache:
         valid = torch.arange(self.capacity)[None, :] < torch.from_numpy(self.lengths).long()[:, None]  # (B, C)
         return token_attention_mass(torch.from_numpy(query), torch.from_numpy(self.key), valid, scaling)
 
-    def reselect(self, query: np.ndarray, window: int, tau: float, scaling: float) -> list[int]:
+    def reselect(self, query: np.ndarray, window: int, tau: float, scaling: float,
+                 rows: list[int] | None = None) -> list[int]:
         """Decode-time re-selection (method, "Decoding") after the step's token was written.
 
         query (B, H, d): the step's token. Its attention over the cache is recomputed here (O(H * C) per layer,
         once per ``decode_interval`` steps); the window is each row's newest ``window`` entries (contiguous at the
-        end, the current token last). Returns kept counts per row.
+        end, the current token last). ``rows``: only these rows re-select (in-flight batching: each request keeps
+        its own interval); default all. Returns kept counts per selected row.
         """
+        rows = list(range(self.key.shape[0])) if rows is None else list(rows)
         probs = self.attention(query, scaling)
         ends = self.lengths.astype(np.int64)
-        mass = torch.stack([probs[r, int(end) - window: int(end)] for r, end in enumerate(ends)])  # (B, window)
-        kept = select_window(mass, tau, query.shape[1]).numpy()  # (B, window)
+        mass = torch.stack([probs[r, int(ends[r]) - window: int(ends[r])] for r in rows])  # (len(rows), window)
+        kept = select_window(mass, tau, query.shape[1]).numpy()  # (len(rows), window)
         counts = []
-        for r in range(self.key.shape[0]):
+        for j, r in enumerate(rows):
             start = int(ends[r]) - window
-            keep = start + np.flatnonzero(kept[r])
+            keep = start + np.flatnonzero(kept[j])
             k = len(keep)
             # Survivors move to the front of the window, order preserved; only the window is touched.
             self.key[r, :, start: start + k] = self.key[r][:, keep]
