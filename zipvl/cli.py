@@ -112,12 +112,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--threads", type=int, default=0)
     demo.add_argument("--json", help="also write a JSON report here")
     demo.set_defaults(func=_demo)
+    sub.add_parser("serve", help="serve an engine on Triton Inference Server + OpenAI API (zipvl serve -h)")
     add_debug_flag(parser)
     return parser
 
 
 @entry_point("zipvl")
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:  # its own parser and dependencies (zipvl.serve, the serve extra)
+        from .serve.cli import main as serve
+
+        return serve(argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -118,6 +118,7 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._stop = False
         self.completed = 0
+        self.cancelled = 0
 
     # ------------------------------------------------------------------ API
     def submit(self, prompt: Prompt, max_new_tokens: int, eos_token_id: int | None = None,
@@ -148,7 +149,7 @@ class Scheduler:
         return {"queue_depth": queued, "running": len(running), "kv_bytes_in_use": self.kv_bytes_in_use(),
                 "kv_bytes_reserved": sum(self._reserve(r) for r in running),
                 "mean_kept_ratio": float(np.mean([r.kept_ratio for r in running])) if running else 0.0,
-                "completed": self.completed}
+                "completed": self.completed, "cancelled": self.cancelled}
 
     def kv_bytes_in_use(self) -> int:
         cache = self.cache
@@ -211,6 +212,7 @@ class Scheduler:
         def stopped(r: _Request) -> bool:
             if r.cancelled.is_set():
                 self._finish(r, "cancelled")
+                self.cancelled += 1
                 return True
             if r.deadline is not None and now > r.deadline:
                 r.events.put(("error", RequestTimeout(f"request {r.id} timed out after {len(r.tokens)} tokens")))
@@ -261,7 +263,7 @@ class Scheduler:
         """Prefill and emit the first token; False when the request is already done (or failed)."""
         try:
             r.pre = self.engine.prefill(r.prompt)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any prefill failure fails this request only
             r.events.put(("error", e))
             return False
         n = r.pre.length
