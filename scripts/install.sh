@@ -7,5 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PIP="python -m pip"
 ${PIP} install -q --disable-pip-version-check --no-deps -r requirements/cpu.lock
+# zipvl serve: Triton (from the nvidia-pytriton wheel) + the gateway's packages, pinned, on top (see the lock's notes)
+${PIP} install -q --disable-pip-version-check --no-deps -r requirements/serve.lock
 ${PIP} install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 python scripts/check_env.py

@@ -59,6 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="memory budget (MiB, weights included) for the largest-batch decode comparison")
     s.add_argument("--max-batch", type=int, default=64, help="cap on the batch actually run for the budget")
     s.add_argument("--skip", default="", help=f"comma-separated stages to skip: {', '.join(STAGES)}")
+    v = p.add_argument_group("serve (load against running zipvl serve gateways, loopback only)")
+    v.add_argument("--serve", metavar="URL", help="the ZipVL server, e.g. http://127.0.0.1:8000: run the load test")
+    v.add_argument("--serve-dense", metavar="URL", help="its dense twin (same model, tau=1), same arrivals")
+    v.add_argument("--rates", type=lambda t: [float(x) for x in t.split(",")], default=[0.5, 1, 2],
+                   help="Poisson arrival rates, requests/s")
+    v.add_argument("--requests", type=int, default=24, help="requests per rate and server (bounded)")
+    v.add_argument("--prompt-words", type=_ints, default=[64, 256, 768], help="prompt length mix (words)")
+    v.add_argument("--max-tokens", type=int, default=32, help="max_tokens of every request")
     o = p.add_argument_group("output")
     o.add_argument("--json", help="write the JSON report here")
     o.add_argument("--plot", help="write the PNG plot here")
@@ -74,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     budgets = parse_sla(args.sla) if args.sla else None
+    if args.serve:
+        return _serve(args, budgets)
     cfg = BenchConfig(
         model=args.model, layers=args.layers, kept_ratio=args.kept_ratio, tau=args.tau, backend=args.backend,
         device=args.device, dtype=args.dtype, engine=args.engine, dense_engine=args.dense_engine,
@@ -101,6 +111,34 @@ def main(argv: list[str] | None = None) -> int:
             print(f"zipvl-bench: {line}", file=sys.stderr)
             return SLA_EXIT_CODE
         print(line)
+    return 0
+
+
+def _serve(args, budgets) -> int:
+    import json
+
+    from .serve_load import LoadConfig, check_serve_sla, render, run_serve_bench
+
+    if args.requests < 1 or args.requests > 1000 or min(args.rates) <= 0:
+        raise argparse.ArgumentTypeError("--requests must be in [1, 1000] and --rates positive")
+    servers = {"zipvl": args.serve, **({"dense": args.serve_dense} if args.serve_dense else {})}
+    cfg = LoadConfig(rates=args.rates, requests=args.requests, prompt_words=tuple(args.prompt_words),
+                     max_tokens=args.max_tokens)
+    report = run_serve_bench(servers, cfg, progress=(lambda m: None) if args.quiet else print)
+    if not args.quiet:
+        print(render(report))
+    if budgets:
+        checks = check_serve_sla(report, budgets)
+        report["sla"] = {"budgets": budgets, "checks": [c.to_dict() for c in checks],
+                         "ok": all(c.ok for c in checks), "summary": sla_summary(checks)}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    if budgets:
+        if not report["sla"]["ok"]:
+            print(f"zipvl-bench: {report['sla']['summary']}", file=sys.stderr)
+            return SLA_EXIT_CODE
+        print(report["sla"]["summary"])
     return 0
 
 

@@ -23,6 +23,7 @@ METRICS = {
     "ttft_ms": ("max", "ZipVL prefill latency (ms) at the longest prompt"),
     "decode_tps": ("min", "ZipVL decode tokens/s at the best batch, longest context"),
     "kv_mib": ("max", "ZipVL KV cache MiB per sequence at the longest prompt"),
+    "itl_ms": ("max", "p99 inter-token latency (ms) under load (zipvl-bench --serve only)"),
 }
 SLA_EXIT_CODE = 3
 
