@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -53,6 +54,10 @@ def _options(args):
                         timeout_s=args.timeout, threads=args.threads)
 
 
+def _exit(signum, frame):
+    raise SystemExit(0)
+
+
 def _processor(engine_dir: Path, manifest: dict):
     if not manifest.get("processor"):
         return None
@@ -97,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
                             triton_metrics=f"http://127.0.0.1:{metrics}/metrics", triton_model=args.name,
                             processor=_processor(engine, manifest), max_sequence=manifest["limits"]["max_sequence"])
         log.info("zipvl serve: ready on http://%s:%d (model %r)", args.host, args.port, args.name)
+        # uvicorn re-raises the SIGTERM it caught once it has shut down; make that an exit that runs `finally`
+        # (stopping Triton) instead of the default disposition, which would end the process on the spot.
+        signal.signal(signal.SIGTERM, _exit)
         uvicorn.run(create_app(cfg), host=args.host, port=args.port, log_level="warning",
                     timeout_graceful_shutdown=5)
     finally:

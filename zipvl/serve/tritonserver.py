@@ -12,7 +12,9 @@ site-packages; it ignores PYTHONPATH).
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -58,6 +60,11 @@ def server_env() -> dict[str, str]:
     return env
 
 
+def _die_with_parent() -> None:
+    """Linux: tritonserver gets SIGTERM when its parent dies, however the parent ends (kill -9 included)."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+
+
 class TritonServer:
     """One tritonserver process on loopback ports; :meth:`stop` always ends it."""
 
@@ -72,7 +79,7 @@ class TritonServer:
                "--exit-on-error=true", "--log-verbose=0"]
         self._log = open(self.log_path, "w")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=server_env(),
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=_die_with_parent)  # noqa: PLW1509 - before any thread
 
     def wait_ready(self, timeout: float = 180.0) -> None:
         deadline = time.monotonic() + timeout
