@@ -108,3 +108,15 @@ def tiny_inputs(arch: str, text_len: int = 40, batch: int = 1, pad: list[int] | 
                 if "mm_token_type_ids" in extra:
                     extra["mm_token_type_ids"][i, :p] = 0
     return TinyInputs(kwargs={"input_ids": ids, "attention_mask": mask, **extra}, length=ids.shape[1])
+
+
+def tiny_tokenizer(vocab_size: int = VOCAB):
+    """A word-level fast tokenizer over ``t0 .. t{vocab-1}`` (whitespace split) matching :func:`tiny_model`'s
+    special ids: what tools that insist on a tokenizer folder (ORT GenAI's model builder) need, without the hub."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab_size)}, unk_token="t0"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="t0", pad_token="t0", bos_token="t1",
+                                   eos_token="t2")

@@ -13,6 +13,7 @@ import sys
 from ..console import add_debug_flag, entry_point
 from .backends import BACKENDS
 from .models import SHAPE_PRESETS
+from .peers import PEERS, parse_peers
 from .runner import STAGES, BenchConfig, run_bench
 from .sla import SLA_EXIT_CODE, check_sla, parse_sla, sla_summary
 
@@ -26,6 +27,13 @@ def _ints(text: str) -> list[int]:
     if not out or min(out) < 1:
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
     return out
+
+
+def _peers(text: str) -> tuple[str, ...]:
+    try:
+        return parse_peers(text)
+    except ValueError as e:  # argparse prints ArgumentTypeError's message, not a ValueError's
+        raise argparse.ArgumentTypeError(str(e))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--engine", help="ZipVL engine folder (onnxruntime backend; built with zipvl-build)")
     r.add_argument("--dense-engine", help="the same model built with every layer dense (onnxruntime baseline)")
     r.add_argument("--threads", type=int, help="torch CPU threads")
+    c = p.add_argument_group("peers (dense baselines outside zipvl, measured in the same run)")
+    c.add_argument("--peers", type=_peers, default=(),
+                   help=f"comma-separated: {', '.join(PEERS)} (ortgenai needs the 'peers' extra)")
+    c.add_argument("--ortgenai-model", help="a prebuilt ORT GenAI model folder (default: built from --model, cached)")
+    c.add_argument("--peak-lengths", type=_ints,
+                   help="onnxruntime: prefill peak RSS of both engines per length, each in a fresh process")
     s = p.add_argument_group("sweeps")
     s.add_argument("--lengths", type=_ints, help="prefill lengths (default CPU 2k,4k,8k; GPU 2k..128k)")
     s.add_argument("--repeats", type=int, default=3)
@@ -91,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         warmup=args.warmup, crossover_lengths=args.crossover_lengths, crossover_repeats=args.crossover_repeats,
         contexts=args.contexts, batches=args.batches, steps=args.steps, memory_budget_mib=args.memory_budget,
         max_batch=args.max_batch, skip=tuple(s.strip() for s in args.skip.split(",") if s.strip()),
-        threads=args.threads, progress=not args.no_progress)
+        threads=args.threads, progress=not args.no_progress, peers=args.peers, ortgenai_model=args.ortgenai_model,
+        peak_lengths=args.peak_lengths)
     report = run_bench(cfg)
     from .report import plot, render, write_json
 

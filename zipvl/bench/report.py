@@ -165,6 +165,9 @@ def render(report: dict, console=None) -> None:
             peak = f"; prefill peak +{pd['delta_mib']:.0f} vs +{pz['delta_mib']:.0f} MiB ({pd['method']})"
         console.print(f"Memory n={row['n']} ({mode}): KV {row['kv_mib_dense']:.1f} → {row['kv_mib_zipvl']:.1f} MiB "
                       f"(saved {row['kv_mib_saved']:.1f} MiB){peak}; weights {mem['weights_mib']:.0f} MiB")
+    from .peer_tables import render_peers
+
+    render_peers(report, console)
 
 
 def plot(report: dict, path: str | Path) -> Path:

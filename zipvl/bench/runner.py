@@ -21,6 +21,7 @@ from .backends import make_backend
 from .decode import run_decode
 from .memory import MiB
 from .models import load_bench_model, prompt_ids
+from .peers import compare, make_peers, parse_peers, run_peers
 from .prefill import run_crossover, run_prefill
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,9 @@ class BenchConfig:
     skip: tuple[str, ...] = ()
     threads: int | None = None
     progress: bool = True
+    peers: tuple[str, ...] = ()  # dense baselines outside zipvl, same run: "torch", "ortgenai" (see peers.py)
+    ortgenai_model: str | None = None  # a prebuilt ORT GenAI model folder (default: built from the bench model)
+    peak_lengths: list[int] | None = None  # onnxruntime: prefill peak RSS per length, each in a fresh process
     notes: list[str] = field(default_factory=list)
 
     def __post_init__(self):
@@ -76,6 +80,9 @@ class BenchConfig:
             raise ZipVLConfigError("repeats and steps must be >= 1, warmup >= 0")
         if self.dtype is not None and self.dtype not in DTYPES:
             raise ZipVLConfigError(f"--dtype must be one of {', '.join(DTYPES)}")
+        parse_peers(",".join(self.peers))
+        if self.peak_lengths and self.backend != "onnxruntime":
+            raise ZipVLConfigError("--peak-lengths measures engines in fresh processes: it needs --backend onnxruntime")
         if self.model.startswith("shape:") and self.kept_ratio is None:
             raise ZipVLConfigError("shape-only models have random weights (no real sparsity): pass --kept-ratio, "
                                    "e.g. --kept-ratio 0.42")
@@ -122,6 +129,10 @@ def run_bench(cfg: BenchConfig) -> dict:
     if cfg.backend == "onnxruntime":  # fails fast with a clear reason before any model is loaded
         ort_backend = make_backend("onnxruntime", engine_dir=cfg.engine, dense_engine_dir=cfg.dense_engine,
                                    threads=cfg.threads)
+    if "ortgenai" in cfg.peers:
+        from .ortgenai import require
+
+        require()
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         from .backends import BackendUnavailableError
 
@@ -141,6 +152,9 @@ def run_bench(cfg: BenchConfig) -> dict:
     if any(n > max_pos for n in lengths):
         notes.append(f"lengths above the model's max_position_embeddings ({max_pos}) were dropped")
         lengths = [n for n in lengths if n <= max_pos]
+    if any(n > max_pos for n in cfg.peak_lengths or []):
+        notes.append(f"fresh-process peaks above the model's max_position_embeddings ({max_pos}) measure memory and "
+                     "time only (RoPE extrapolates; outputs there are not meaningful)")
     stages = [s for s in STAGES if s not in cfg.skip]
     if ort_backend is not None:
         why = {"attention": "it times the reference's torch ops", "crossover": "its fallback check needs an engine "
@@ -155,7 +169,8 @@ def run_bench(cfg: BenchConfig) -> dict:
     total = (("prefill" in stages) * len(lengths) * 2 * (cfg.repeats + cfg.warmup)
              + ("attention" in stages) * len(lengths)
              + ("crossover" in stages) * len(cross) * 2 * (cfg.crossover_repeats + cfg.warmup)
-             + ("decode" in stages) * len(contexts) * 2 * len(batches))
+             + ("decode" in stages) * len(contexts) * 2 * len(batches)
+             + len(cfg.peers) * (len(lengths) + len(contexts) * len(batches)) + 2 * len(cfg.peak_lengths or []))
     bar = tqdm(total=total, desc="zipvl-bench", unit="run", disable=not cfg.progress, leave=False)
 
     def tick(what: str) -> None:
@@ -174,6 +189,7 @@ def run_bench(cfg: BenchConfig) -> dict:
         "targets": {"efficiency": limits.TARGET_EFFICIENCY},
         "prefill": [], "attention": [], "crossover": None, "decode": [], "memory": {}, "notes": notes,
     }
+    peers = make_peers(cfg.peers, bench, cfg.device, cfg.ortgenai_model, cfg.threads)
     try:
         if "prefill" in stages:
             bar.set_description("prefill")
@@ -207,6 +223,18 @@ def run_bench(cfg: BenchConfig) -> dict:
             report["decode"] = run_decode(backend, ids_for, contexts, batches, cfg.steps, cfg.decode_warmup,
                                           bench.text_config, dtype, budget, cfg.max_batch, tick)
             report["decode_memory_budget_mib"] = cfg.memory_budget_mib
+        if peers:
+            bar.set_description("peers")
+            report["peers"] = run_peers(peers, ids_for, lengths if "prefill" in stages else [],
+                                        contexts if "decode" in stages else [], batches, cfg.repeats, cfg.warmup,
+                                        cfg.steps, cfg.decode_warmup, tick)
+            report["peer_comparison"] = compare(report)
+        if cfg.peak_lengths:
+            from .peak import run_fresh_peaks
+
+            bar.set_description("fresh peaks")
+            report["fresh_peaks"] = run_fresh_peaks({"dense": cfg.dense_engine, "zipvl": cfg.engine},
+                                                    ids_for, cfg.peak_lengths, cfg.threads, tick)
     finally:
         bar.close()
     report["memory"] = _memory_summary(report, backend)
