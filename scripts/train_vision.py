@@ -23,7 +23,7 @@ import torch
 
 from zipvl.models.default import build_default_model
 from zipvl.models.vision import TOWER, VERSION, WEIGHTS_DIR, save_vision
-from zipvl.models.vision_training import TrainConfig, chat_prompt, train
+from zipvl.models.vision_training import KINDS, TrainConfig, train
 
 
 HELDOUT = {"easyvqa": 300, "scenes_long": 50, "multi_image": 50}  # task -> seeded items (zipvl-eval's own tasks)
@@ -89,12 +89,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
     p.add_argument("--seed", type=int, default=TrainConfig.seed)
     p.add_argument("--tower-steps", type=int, default=TrainConfig.tower_steps, help="stage 1 steps (0: skip)")
+    p.add_argument("--init", type=Path, default=None,
+                   help="continue from these tower + projector weights (a later stage: no stage 1)")
+    p.add_argument("--mix", type=float, nargs=len(KINDS), default=TrainConfig.mix, metavar="W",
+                   help=f"batch share per kind ({', '.join(KINDS)})")
+    p.add_argument("--tower-lr", type=float, default=TrainConfig.tower_lr)
     p.add_argument("--threads", type=int, default=TrainConfig.threads)
     p.add_argument("--heldout", type=float, default=1.0, help="scale of the held-out check (0: skip)")
     p.add_argument("--out", type=Path, default=WEIGHTS_DIR)
     args = p.parse_args(argv)
     cfg = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads,
-                      tower_steps=args.tower_steps)
+                      tower_steps=0 if args.init else args.tower_steps, tower_lr=args.tower_lr,
+                      mix=tuple(args.mix), init=str(args.init) if args.init else None)
     t0 = time.perf_counter()
     model, processor = build_default_model(trained=False)
     result = train(model, processor, cfg, log=lambda s: print(s, flush=True))
@@ -115,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
                                                "loss": [round(h["loss"], 4) for h in stage1["history"]]},
         "loss": [round(h["loss"], 4) for h in history], "kinds": [h["kind"] for h in history],
     }
+    if args.init:  # a later stage: record where it started, so the chain back to stage 1 is on file
+        init_card = json.loads(args.init.with_suffix(".json").read_text())
+        card["init"] = {"weights": args.init.name, "command": init_card["command"],
+                        "heldout": init_card.get("heldout")}
     save_vision(model, weights, card)  # weights first: the held-out check below takes minutes
     plot_loss(history, stage1, args.out / f"vision-{VERSION}-loss.png", cfg.batch)
     print(f"wrote {weights} ({weights.stat().st_size / 2**20:.1f} MiB) after {train_s:.0f} s of training", flush=True)

@@ -29,7 +29,17 @@ NEEDLES = (
     Needle("Anna's favourite fruit is the mango.", "What is Anna's favourite fruit? Answer in one word.", "mango"),
     Needle("The meeting is held in room 612.", "In which room is the meeting held? Answer with the number only.",
            "612"),
+    Needle("The ferry to the island leaves at 9:40.", "When does the ferry to the island leave? Answer with the time "
+           "only.", "9:40"),
+    Needle("Professor Lindqvist's dog is called Biscuit.", "What is Professor Lindqvist's dog called? Answer in one "
+           "word.", "Biscuit"),
+    Needle("The factory in Porto produces 2875 bicycles a week.", "How many bicycles a week does the factory in Porto "
+           "produce? Answer with the number only.", "2875"),
+    Needle("The treasure is buried under the old oak tree.", "Where is the treasure buried? Answer in a few words.",
+           "oak"),
 )
+# needle k of an essay-spread grid starts its haystack here (characters into the concatenated essays, ~640K)
+ESSAY_STRIDE = 60_000
 
 
 def essays_dir() -> Path:

@@ -38,9 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depths", type=_floats, default=(0.1, 0.5, 0.9), help="needle depths in [0, 1]")
     p.add_argument("--needles", type=int, default=2, help="different needles per (context, depth) cell (max 4)")
     p.add_argument("--limit", type=int, default=None, help="at most this many items per task (quick runs)")
+    p.add_argument("--essays", type=int, default=1,
+                   help="needle haystacks from this many different places in the essays (needle k uses place k mod N)")
     p.add_argument("--n-images", type=int, default=4, help="images per visual-needle prompt")
     p.add_argument("--jsonl", default=None, help="user VQA file for the jsonl task")
     p.add_argument("--taus", type=_floats, default=(0.96, 0.975, 0.99), help="ZipVL thresholds (the tau sweep)")
+    p.add_argument("--variants", type=_names, default=(),
+                   help="ZipVLConfig presets run beside the paper's ZipVL at every tau (the selection study; 'all' = "
+                        "every preset but 'paper'): " + ", ".join(ZipVLConfig.presets()))
     p.add_argument("--baselines", type=_names, default=("fixed", "fastv", "snapkv", "random"),
                    help="matched-ratio baselines; 'none' for none")
     p.add_argument("--match-taus", type=_floats, default=None,
@@ -92,16 +97,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     baselines = () if args.baselines == ("none",) else args.baselines
+    variants = tuple(v for v in ZipVLConfig.presets() if v != "paper") if args.variants == ("all",) else args.variants
     if args.match_taus is None:
         args.match_taus = (0.975,) if 0.975 in args.taus else (sorted(args.taus)[len(args.taus) // 2],)
     unknown = [t for t in args.tasks if t not in TASKS]
     if unknown:
         raise ZipVLError(f"unknown tasks {unknown}; choose from {', '.join(TASKS)}")
-    options = TaskOptions(contexts=args.contexts, depths=args.depths, needles=args.needles, limit=args.limit,
+    options = TaskOptions(contexts=args.contexts, depths=args.depths, needles=args.needles, essays=args.essays, limit=args.limit,
                           seed=args.seed, n_images=args.n_images, jsonl=args.jsonl)
     settings = EvalSettings(taus=args.taus, baselines=baselines, match_taus=args.match_taus, match=args.match,
                             max_new_tokens=args.max_new_tokens, seed=args.seed,
-                            zipvl=ZipVLConfig(seed=args.seed))
+                            zipvl=ZipVLConfig(seed=args.seed), variants=variants)
     model, processor, name = load_model(args.model)
     report = run(model, processor, args.tasks, options, settings, model_name=name,
                  progress=not args.quiet,

@@ -34,6 +34,8 @@ class EvalSettings:
     max_new_tokens: int = 16
     seed: int = 0
     zipvl: ZipVLConfig = field(default_factory=ZipVLConfig)
+    # ZipVLConfig presets run beside ``zipvl`` at every tau (the selection study); keyed "<preset>@<tau>"
+    variants: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.match not in ("task", "item"):
@@ -44,10 +46,22 @@ class EvalSettings:
         missing = [t for t in self.match_taus if t not in self.taus]
         if missing and any(b != "fixed" for b in self.baselines):
             raise ZipVLInputError(f"match taus {missing} are not among the ZipVL taus {list(self.taus)}")
+        for name in self.variants:
+            ZipVLConfig.preset(name)  # unknown names fail here, naming the presets, before any model runs
+
+    def config_for(self, key: str, tau: float | None) -> ZipVLConfig:
+        """The ZipVL configuration of one planned run: a variant's preset (same seed) or ``zipvl``, at ``tau``."""
+        name = key.rsplit("@", 1)[0]
+        base = ZipVLConfig.preset(name, seed=self.zipvl.seed) if name in self.variants else self.zipvl
+        if tau is None:
+            return base
+        tau_evict = base.tau_evict if base.tau_evict is None or base.tau_evict >= tau else None
+        return replace(base, tau=tau, tau_evict=tau_evict)
 
     def plan(self) -> list[tuple[str, str, float | None]]:
         """(key, method, tau) in run order; baselines are keyed by the tau whose ratio they match."""
         runs = [("dense", "dense", None)] + [(f"zipvl@{t:g}", "zipvl", t) for t in self.taus]
+        runs += [(f"{name}@{t:g}", "variant", t) for name in self.variants for t in self.taus]
         for name in self.baselines:
             for t in (self.taus if name == "fixed" else self.match_taus):
                 runs.append((f"{name}@{t:g}", name, t))
@@ -132,12 +146,13 @@ def evaluate_items(model, processor, items: list[Item], settings: EvalSettings, 
         records = []
         for item, inputs, focus in prepared:
             bar.set_postfix_str(f"{key} {item.id}")
-            config = replace(settings.zipvl, tau=tau, seed=settings.zipvl.seed) if tau is not None else settings.zipvl
+            config = settings.config_for(key, tau)
             ratio = None
-            if method not in ("dense", "zipvl"):
+            if method not in ("dense", "zipvl", "variant"):
                 ratio = matched_item[tau][item.id] if settings.match == "item" else matched[tau]
                 config = settings.zipvl
-            policy = make_policy(method, ratio=ratio, config=config, seed=settings.seed)
+            policy = make_policy("zipvl" if method == "variant" else method, ratio=ratio, config=config,
+                                 seed=settings.seed)
             trace = run_prompt(model, inputs, policy, settings.max_new_tokens, eos,
                                reference=dense.get(item.id), focus=focus)
             if method == "dense":
@@ -151,8 +166,8 @@ def evaluate_items(model, processor, items: list[Item], settings: EvalSettings, 
         if method == "zipvl":
             matched[tau] = summary["mean_ratio"]
             matched_item[tau] = {r["id"]: r["mean_ratio"] for r in records}
-        methods[key] = {"method": method, "tau": tau,
-                        "target_ratio": None if method in ("dense", "zipvl") else
+        methods[key] = {"method": method, "tau": tau, "config": config.variants() if method in ("zipvl", "variant") else None,
+                        "target_ratio": None if method in ("dense", "zipvl", "variant") else
                         (matched[tau] if settings.match == "task" else "per item"),
                         "summary": summary, "items": records}
         log.info("%s %s: accuracy %s, kept ratio %.3f", task, key, summary["accuracy"], summary["mean_ratio"])
@@ -178,3 +193,19 @@ def adaptive_vs_fixed(result: dict) -> list[dict]:
                 else z[k] - f[k]
         rows.append(row)
     return rows
+
+
+def pareto_front(result: dict, fidelity: str = "exact_match") -> list[dict]:
+    """ZipVL and its variants as points (kept ratio, attention FLOPs saved, ``fidelity``), each marked whether it is on
+    the front: no other point keeps fewer-or-equal tokens with higher-or-equal fidelity, one of them strictly."""
+    points = []
+    for key, entry in result["methods"].items():
+        s = entry["summary"]
+        if entry["method"] in ("zipvl", "variant") and s.get(fidelity) is not None:
+            points.append({"key": key, "ratio": s["mean_ratio"], "flops_saved": s["attn_flops_reduction"],
+                           "fidelity": s[fidelity], "accuracy": s["accuracy"], "mean_kl": s["mean_kl"],
+                           "visual_kept": s.get("mean_visual_kept")})
+    for p in points:
+        p["front"] = not any(q["ratio"] <= p["ratio"] and q["fidelity"] >= p["fidelity"]
+                             and (q["ratio"] < p["ratio"] or q["fidelity"] > p["fidelity"]) for q in points)
+    return sorted(points, key=lambda p: p["ratio"])

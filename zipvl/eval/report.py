@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .evaluate import adaptive_vs_fixed
+from .evaluate import adaptive_vs_fixed, pareto_front
 
 
 def _f(x, digits=3, pct=False):
@@ -67,6 +67,20 @@ def fixed_table(result: dict) -> list[str]:
     return out
 
 
+def pareto_table(result: dict) -> list[str]:
+    """The selection study: every ZipVL variant x tau by kept ratio; * = on the (kept ratio, same answer) front."""
+    points = pareto_front(result)
+    if len({p["key"].rsplit("@", 1)[0] for p in points}) < 2:
+        return []
+    out = ["| front | variant @ tau | kept ratio | kept visual | attn FLOPs -% | same answer as dense | accuracy | "
+           "KL mean |", "|" + "---|" * 8]
+    for p in points:
+        out.append(f"| {'*' if p['front'] else ''} | {p['key']} | {_f(p['ratio'])} | {_f(p['visual_kept'], 2)} | "
+                   f"{_f(p['flops_saved'], pct=True)} | {_f(p['fidelity'], 2)} | {_f(p['accuracy'], 2)} | "
+                   f"{_f(p['mean_kl'], 4)} |")
+    return out
+
+
 def retention_lines(result: dict) -> list[str]:
     out = []
     for key, entry in result["methods"].items():
@@ -95,6 +109,10 @@ def markdown(report: dict) -> str:
             ret = retention_lines(result)
             if ret:
                 lines += ["Needle-answer tokens left in each layer's cache after prefill (1.0 = all):", ""] + ret + [""]
+        front = pareto_table(result)
+        if front:
+            lines += ["Selection study (ZipVL variants; * = Pareto front of kept ratio vs same answer as dense):", ""]
+            lines += front + [""]
         fixed = fixed_table(result)
         if fixed:
             lines += ["Adaptive (ZipVL) vs fixed ratio, same scorer, same mean ratio:", ""] + fixed + [""]
@@ -119,7 +137,8 @@ def plot_task(result: dict, out_dir: Path, name: str) -> list[str]:
         for key, e in methods.items():
             if e["method"] == "dense" or e["summary"].get(metric) is None:
                 continue
-            series.setdefault(e["method"], []).append((e["summary"]["mean_ratio"], e["summary"][metric], e["tau"]))
+            label = key.rsplit("@", 1)[0] if e["method"] == "variant" else e["method"]
+            series.setdefault(label, []).append((e["summary"]["mean_ratio"], e["summary"][metric], e["tau"]))
         for method, pts in series.items():
             pts.sort()
             xs, ys = [p[0] for p in pts], [p[1] for p in pts]

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.needle import NEEDLES, needle_prompt
+from ..data.needle import ESSAY_STRIDE, NEEDLES, essay_text, needle_prompt
 from ..errors import ZipVLInputError
 
 IMAGE_MARK = "<<image>>"
@@ -62,6 +62,7 @@ class TaskOptions:
     contexts: tuple[int, ...] = (1000,)
     depths: tuple[float, ...] = (0.1, 0.5, 0.9)
     needles: int = 3
+    essays: int = 1  # haystacks from this many places in the essays: needle k uses place k mod essays
     limit: int | None = None
     seed: int = 0
     n_images: int = 4
@@ -71,14 +72,17 @@ class TaskOptions:
 def needle_items(tokenizer, opts: TaskOptions) -> list[Item]:
     if not 1 <= opts.needles <= len(NEEDLES):
         raise ZipVLInputError(f"--needles must be in [1, {len(NEEDLES)}], got {opts.needles}")
+    if not 1 <= opts.essays <= len(essay_text()) // ESSAY_STRIDE:
+        raise ZipVLInputError(f"--essays must be in [1, {len(essay_text()) // ESSAY_STRIDE}], got {opts.essays}")
     items = []
     for ctx in opts.contexts:
         for depth in opts.depths:
             for k, needle in enumerate(NEEDLES[: opts.needles]):
-                messages = needle_prompt(tokenizer, ctx, depth, needle)
+                place = k % opts.essays
+                messages = needle_prompt(tokenizer, ctx, depth, needle, offset_chars=place * ESSAY_STRIDE)
                 items.append(Item(id=f"needle-{ctx}-{depth:g}-{k}", task="needle", prompt=messages[0]["content"],
                                   answers=[needle.answer], scorer="needle", focus=needle.answer,
-                                  meta={"context": ctx, "depth": depth, "needle": k}))
+                                  meta={"context": ctx, "depth": depth, "needle": k, "essay": place}))
     return items
 
 

@@ -12,6 +12,7 @@ import math
 import random
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -42,6 +43,7 @@ class TrainConfig:
     threads: int = 2
     bf16: bool = True
     tower_steps: int = 1000  # stage 1 (0: skip)
+    init: str | None = None  # start from these tower + projector weights (a later stage); skips stage 1
     # share of the batches of each kind in KINDS; in time: ~40 % easy-vqa, 20 % 4 x 4 canvases
     mix: tuple[float, ...] = (0.5, 0.06, 0.125, 0.07, 0.165, 0.08)
 
@@ -160,7 +162,11 @@ def train(model, processor, cfg: TrainConfig, log=print) -> dict:
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     stage1 = None
-    if cfg.tower_steps:
+    if cfg.init:  # a later stage continues from shipped weights, so it needs neither stage 1 nor the rescale
+        from .vision import load_vision
+
+        load_vision(model, Path(cfg.init))
+    elif cfg.tower_steps:
         from .default import match_projector_scale
 
         pre = PretrainConfig(steps=cfg.tower_steps, seed=cfg.seed, bf16=cfg.bf16)
