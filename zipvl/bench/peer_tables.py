@@ -10,7 +10,8 @@ def _f(x, fmt: str) -> str:
 
 
 def _peak(p: dict | None) -> float | None:
-    return None if not p else p.get("peak_mib")
+    # In one process every model the run loaded is resident: what a call added over its entry level is comparable.
+    return None if not p else p.get("delta_mib")
 
 
 def prefill_rows(report: dict) -> list[list[str]]:
@@ -73,7 +74,7 @@ def _sections(report: dict):
     yield "Prefill vs peers (speed-up = peer ms / ours; limit = ZipVL's FLOPs bound over dense)", PREFILL_HEAD, \
         prefill_rows(report)
     yield "Decode vs peers (tokens/s at the same context and batch)", DECODE_HEAD, decode_rows(report)
-    yield "Prefill peak RSS, in process (sampled, last repeat), MiB", \
+    yield "Prefill peak RSS added by the call, in process (sampled, last repeat), MiB", \
         ["n", "dense", "ZipVL"] + [f"{p} (peer)" for p in peers], in_process_peak_rows(report)
     if report.get("fresh_peaks"):
         yield "Prefill peak RSS of the engines, one fresh process per length (VmHWM)", PEAK_HEAD, peak_rows(report)

@@ -51,7 +51,7 @@ def load_model(source: str | Path | None):
 
 def build_engine(model, out_dir: str | Path, ops: str = "standard", config: ZipVLConfig | None = None,
                  max_batch: int = 8, max_sequence: int | None = None, source_dir: str | Path | None = None,
-                 reuse: str | Path | None = None, progress: bool = True) -> dict:
+                 reuse: str | Path | None = None, progress: bool = True, jobs: int = 1) -> dict:
     """Export ``model`` (a supported HF model) into the engine directory ``out_dir``; returns the manifest.
 
     Parameters
@@ -64,6 +64,8 @@ def build_engine(model, out_dir: str | Path, ops: str = "standard", config: ZipV
     source_dir : checkpoint directory whose tokenizer / processor files are copied into the engine
     reuse : an engine directory of the same model whose embed / vision (and, built with the same ops, decode) graphs
         are reused (prefill depends on ops and tau, decode on ops)
+    jobs : > 1 exports the graphs in that many worker processes that load the model from ``source_dir`` (so
+        ``model`` must be that checkpoint as saved, as in zipvl-build); 1 (default) exports ``model`` in process
     """
     if ops not in OPS:
         raise ZipVLInputError(f"--ops must be one of {OPS}, got {ops!r}")
@@ -86,14 +88,22 @@ def build_engine(model, out_dir: str | Path, ops: str = "standard", config: ZipV
     names = [n for n in graphs.graph_names(desc) if n not in reused]
     timings: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix=".zipvl-build-", dir=out_dir) as tmp:
-        paths = dict(reused)
-        for name in _progress(names, progress):
-            t = time.perf_counter()
-            paths[name] = Path(tmp) / f"{name}.onnx"
-            with _quiet():
-                graphs.export_graph(name, model, desc, config, ops, paths[name])
-            timings[name] = round(time.perf_counter() - t, 2)
-            log.info("exported %s in %.1f s", name, timings[name])
+        paths = {**reused, **{n: Path(tmp) / f"{n}.onnx" for n in names}}
+        if jobs > 1 and source_dir is not None and len(names) > 1:
+            from .parallel import export_parallel
+
+            bar = _progress(None, progress, total=len(names))
+            timings = export_parallel(names, source_dir, config, ops, paths, jobs,
+                                      on_done=(lambda _n: bar.update(1)) if bar is not None else None)
+            if bar is not None:
+                bar.close()
+        else:
+            for name in _progress(names, progress):
+                t = time.perf_counter()
+                with _quiet():
+                    graphs.export_graph(name, model, desc, config, ops, paths[name])
+                timings[name] = round(time.perf_counter() - t, 2)
+                log.info("exported %s in %.1f s", name, timings[name])
         order = [n for n in graphs.graph_names(desc)]
         share_weights({n: paths[n] for n in order}, out_dir)
     extra = graphs.export_extras(model, desc, out_dir)
@@ -116,7 +126,7 @@ def build_engine(model, out_dir: str | Path, ops: str = "standard", config: ZipV
         "extras": {Path(rel).stem: rel for rel in extra if rel.endswith(".npy")},
         "processor": "processor" if any(f"processor/{n}" in extra for n in PROCESSOR_FILES[:5]) else None,
         "files": files,
-        "build": {"seconds": round(time.perf_counter() - t0, 2), "graph_seconds": timings,
+        "build": {"seconds": round(time.perf_counter() - t0, 2), "graph_seconds": timings, "jobs": jobs,
                   "reused": sorted(reused), "torch": torch.__version__, "transformers": _version("transformers"),
                   "onnx": onnx.__version__, "engine_bytes": sum(e["bytes"] for e in files.values())},
     }
@@ -145,12 +155,13 @@ def _copy_processor(src: Path, out_dir: Path) -> list[str]:
     return copied
 
 
-def _progress(items, enabled: bool):
+def _progress(items, enabled: bool, total: int | None = None):
+    """A progress bar over ``items`` (or a manual one of ``total`` steps when items is None); disabled: the items."""
     if not enabled:
         return items
     from tqdm import tqdm
 
-    return tqdm(items, desc="zipvl-build", unit="graph", bar_format="{desc}: {n}/{total} graphs {postfix}")
+    return tqdm(items, total=total, desc="zipvl-build", unit="graph", bar_format="{desc}: {n}/{total} graphs {postfix}")
 
 
 @contextlib.contextmanager

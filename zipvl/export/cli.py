@@ -6,10 +6,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from ..config import ZipVLConfig
 from ..console import add_debug_flag, entry_point
+from ..errors import ZipVLInputError
 
 
 def parser() -> argparse.ArgumentParser:
@@ -28,6 +30,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--max-sequence", type=int, default=None, help="prompt + generated tokens per sequence")
     p.add_argument("--reuse", default=None, help="engine dir of the same model: reuse its embed/vision/decode graphs")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                   help="graphs exported in parallel worker processes (default: min(2, CPUs); 1 = in this process)")
     p.add_argument("--quiet", action="store_true")
     add_debug_flag(p)
     return p
@@ -36,6 +40,8 @@ def parser() -> argparse.ArgumentParser:
 @entry_point("zipvl-build")
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.jobs < 1:
+        raise ZipVLInputError(f"--jobs must be >= 1, got {args.jobs}")
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     from .build import build_engine, load_model
 
@@ -47,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     model, source = load_model(args.model)
     manifest = build_engine(model, args.output, ops=args.ops, config=config, max_batch=args.max_batch,
                             max_sequence=args.max_sequence, source_dir=source, reuse=args.reuse,
-                            progress=not args.quiet)
+                            progress=not args.quiet, jobs=args.jobs)
     b = manifest["build"]
     print(json.dumps({"engine": args.output, "ops": manifest["ops"], "model": manifest["model"]["type"],
                       "seconds": b["seconds"], "engine_bytes": b["engine_bytes"], "graphs": b["graph_seconds"]}))
