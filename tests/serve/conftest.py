@@ -36,7 +36,7 @@ def served_engine(tmp_path_factory) -> Path:
     make_processor().save_pretrained(model_dir)
     model, source = load_model(model_dir)
     engine = root / "engine"
-    build_engine(model, engine, config=tiny_config(0.975), max_batch=4, max_sequence=256, source_dir=source,
+    build_engine(model, engine, config=tiny_config(0.975), max_batch=4, max_sequence=2048, source_dir=source,
                  progress=False)
     return engine
 
@@ -67,7 +67,8 @@ def server(served_engine, tmp_path_factory):
         served.triton_http = triton[0]
         yield served
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from ..console import add_debug_flag, entry_point
+from ..errors import ZipVLError
 
 log = logging.getLogger("zipvl.serve")
 
@@ -84,9 +85,13 @@ def main(argv: list[str] | None = None) -> int:
         out = write_repository(engine, args.export_repository, args.name, options, copy=True)
         print(f"Triton model repository: {out} (model {args.name!r}; tritonserver --model-repository={out})")
         return 0
-    import uvicorn
+    try:
+        import uvicorn
 
-    from .gateway import GatewayConfig, create_app
+        from .gateway import GatewayConfig, create_app
+    except ImportError as e:  # the serving packages are their own lock, installed by scripts/install.sh
+        raise ZipVLError(f"zipvl serve needs the serving packages ({e.name} is missing): "
+                         "pip install --no-deps -r requirements/serve.lock (scripts/install.sh does)") from e
     from .tritonserver import TritonServer
 
     work = Path(tempfile.mkdtemp(prefix="zipvl-serve-"))
