@@ -210,6 +210,12 @@ PRESETS: dict[str, tuple[str, dict]] = {
               {}),
     "accurate": ("question-span probes, max-pooled score (k=5), first 4 and last 32 tokens always kept",
                  {"probe_set": "question", "pool": "max", "pool_kernel": 5, "protect_first": 4, "protect_last": 32}),
+    # accurate's three pieces alone (the study's ablation: which one contributes what)
+    "question_probes": ("probes are the question span (the text after the last image token) instead of recent + "
+                        "random", {"probe_set": "question"}),
+    "pooled": ("max-pooled probe score over 5 neighbouring positions, so a whole span survives",
+               {"pool": "max", "pool_kernel": 5}),
+    "protected": ("first 4 (attention sinks) and last 32 tokens always kept", {"protect_first": 4, "protect_last": 32}),
     "visual_only": ("only visual tokens are sparsified: every text token is kept (needs extras['image_mask'])",
                     {"protect_text": True}),
     "evict_only": ("dense prefill attention; ZipVL's kept set only decides the KV eviction",
