@@ -31,8 +31,9 @@ PRESSES = ("snapkv", "adakv_snapkv", "expected_attention", "streaming_llm")
 # ---- 1. prompts (zipvl's venv) ------------------------------------------------------------------------------------
 
 
-def write_prompts(results: Path, out: Path) -> int:
-    """The needle items of a zipvl-eval run (rebuilt from its recorded settings) and ZipVL's kept ratios on them."""
+def write_prompts(results: Path, out: Path, keys: tuple[str, ...]) -> int:
+    """The needle items of a zipvl-eval run (rebuilt from its recorded settings) and the kept ratios ZipVL's methods
+    ``keys`` (e.g. "zipvl@0.975") measured on them: the compressions kvpress runs at."""
     from zipvl.eval.tasks import TaskOptions, build_inputs, make_items
     from zipvl.models.default import GGUF_FILE, _gguf_dir, load_default_model
 
@@ -43,7 +44,10 @@ def write_prompts(results: Path, out: Path) -> int:
     _, processor = load_default_model()
     items = make_items("needle", processor.tokenizer, options)
     methods = report["tasks"]["needle"]["methods"]
-    ratios = sorted({round(m["summary"]["mean_ratio"], 3) for m in methods.values() if m["method"] != "dense"})
+    missing = [k for k in keys if k not in methods]
+    if missing:
+        raise SystemExit(f"kvpress_peer: {results} has no method {missing}; it has {', '.join(methods)}")
+    ratios = sorted({round(methods[k]["summary"]["mean_ratio"], 3) for k in keys})
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w") as f:
         f.write(json.dumps({"gguf_dir": str(_gguf_dir()), "gguf_file": GGUF_FILE, "kept_ratios": ratios,
@@ -182,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     a = sub.add_parser("prompts", help="(zipvl venv) prompts + ZipVL's kept ratios from a zipvl-eval results.json")
     a.add_argument("--results", type=Path, required=True)
     a.add_argument("--out", type=Path, required=True)
+    a.add_argument("--match", default="zipvl@0.975", help="comma list of methods whose kept ratios kvpress runs at")
     b = sub.add_parser("run", help="(kvpress venv) run the presses")
     b.add_argument("prompts", type=Path)
     b.add_argument("--out", type=Path, required=True)
@@ -193,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     if args.cmd == "prompts":
-        return write_prompts(args.results, args.out)
+        return write_prompts(args.results, args.out, tuple(k for k in args.match.split(",") if k))
     if args.cmd == "run":
         return run_presses(args.prompts, args.out, tuple(x for x in args.presses.split(",") if x), args.threads)
     return report(args.results, args.peer, args.out)
