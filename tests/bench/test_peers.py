@@ -111,6 +111,8 @@ def test_ortgenai_peer_runs_the_same_weights(tiny_ortgenai):
         logits = model(input_ids=ids).logits[0, -1]
     np.testing.assert_allclose(gen.get_logits()[0, -1], logits.numpy(), atol=1e-4, rtol=1e-4)
     assert peer.max_length() == model.config.max_position_embeddings
+    full = torch.randint(3, 900, (1, peer.max_length()), generator=torch.Generator().manual_seed(2))
+    assert peer.prefill(full) > 0  # a prompt of exactly the context length is valid (no room asked beyond it)
 
 
 def test_ortgenai_peer_in_the_bench(tiny_ortgenai, tmp_path):
@@ -120,6 +122,22 @@ def test_ortgenai_peer_in_the_bench(tiny_ortgenai, tmp_path):
     report = json.loads(out.read_text())
     assert report["peers"]["ortgenai"]["describe"]["folder"] == str(folder)
     assert {r["peer"] for r in report["peer_comparison"]["prefill"]} == {"ortgenai"}
+
+
+def test_peer_decode_beyond_its_context_is_skipped():
+    from zipvl.bench.peers import Peer, run_peers
+
+    class Short(Peer):
+        name = "short"
+
+        def describe(self):
+            return {}
+
+        def max_length(self):
+            return 100
+
+    out = run_peers([Short()], lambda n: torch.zeros(1, n, dtype=torch.long), [128], [96], [1], 1, 0, 8, 1)
+    assert "skipped" in out["short"]["prefill"][0] and "skipped" in out["short"]["decode"][0]
 
 
 def test_fresh_process_peak_of_an_engine(tmp_path):

@@ -127,8 +127,10 @@ class OrtGenAIPeer(Peer):
 
     def _generator(self, ids, batch: int, new_tokens: int):
         params = self._og.GeneratorParams(self.model)
-        # max_length bounds the shared past/present buffer GenAI allocates: prompt + the tokens this run makes.
-        params.set_search_options(max_length=int(ids.shape[1]) + new_tokens + 1, batch_size=batch)
+        # max_length bounds the shared past/present buffer GenAI allocates: prompt + the tokens this run makes
+        # (GenAI refuses more than the model's context_length, and a prompt of exactly that length is valid).
+        length = min(int(ids.shape[1]) + new_tokens + 1, self.max_length())
+        params.set_search_options(max_length=length, batch_size=batch)
         return self._og.Generator(self.model, params)
 
     def prefill(self, ids):

@@ -120,6 +120,9 @@ def run_peers(peers: list[Peer], make_ids: Callable[[int], torch.Tensor], length
             if tick is not None:
                 tick(f"{peer.name} prefill n={n}")
         for c in contexts:
+            if limit is not None and c + warmup_steps + steps > limit:
+                result["decode"].append({"context": c, "rows": [], "skipped": f"beyond the peer's context ({limit})"})
+                continue
             ids, rows = make_ids(c), []
             for b in sorted(set(batches)):
                 times = peer.decode_steps(ids, b, warmup_steps + steps)[warmup_steps:]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 
 from ..config import ZipVLConfig
@@ -21,7 +20,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="engine directory to write")
     p.add_argument("--ops", choices=("standard", "plugin"), default="standard",
                    help="ZipVL attention lowering: standard ONNX ops (any runtime) or the zipvl plugin nodes")
-    p.add_argument("--tau", type=float, default=ZipVLConfig.tau)
+    p.add_argument("--preset", default=None, choices=tuple(ZipVLConfig.presets()),
+                   help="a named ZipVLConfig (ZipVLConfig.presets()); --tau etc. override its fields when given")
+    p.add_argument("--tau", type=float, default=None, help=f"default {ZipVLConfig.tau} (or the preset's)")
     p.add_argument("--n-recent", type=int, default=ZipVLConfig.n_recent)
     p.add_argument("--n-random", type=int, default=ZipVLConfig.n_random)
     p.add_argument("--decode-interval", type=int, default=ZipVLConfig.decode_interval)
@@ -30,8 +31,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--max-sequence", type=int, default=None, help="prompt + generated tokens per sequence")
     p.add_argument("--reuse", default=None, help="engine dir of the same model: reuse its embed/vision/decode graphs")
-    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
-                   help="graphs exported in parallel worker processes (default: min(2, CPUs); 1 = in this process)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="graphs exported by N worker processes (1: in this process); pays off only with idle cores")
     p.add_argument("--quiet", action="store_true")
     add_debug_flag(p)
     return p
@@ -45,9 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     from .build import build_engine, load_model
 
-    config = ZipVLConfig(tau=args.tau, n_recent=args.n_recent, n_random=args.n_random,
-                         decode_interval=args.decode_interval, dense_layers=tuple(args.dense_layers),
-                         seed=args.seed)
+    fields = {"tau": args.tau, "n_recent": args.n_recent, "n_random": args.n_random,
+              "decode_interval": args.decode_interval, "dense_layers": tuple(args.dense_layers), "seed": args.seed}
+    if args.preset:  # the preset's fields, then every option the user gave on top
+        defaults = ZipVLConfig()
+        given = {k: v for k, v in fields.items() if v is not None and v != getattr(defaults, k)}
+        config = ZipVLConfig.preset(args.preset, **given)
+    else:
+        config = ZipVLConfig(**{k: v for k, v in fields.items() if v is not None})
     if not args.quiet:
         print(f"zipvl-build: loading {args.model or 'the embedded default model'}", file=sys.stderr)
     model, source = load_model(args.model)
