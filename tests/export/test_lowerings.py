@@ -21,12 +21,12 @@ CFG = zipvl.ZipVLConfig(n_recent=8, n_random=8)
 
 
 class Toy(torch.nn.Module):
-    def __init__(self, tau):
+    def __init__(self, tau, sparse=True):
         super().__init__()
-        self.tau = tau
+        self.tau, self.sparse = tau, sparse
 
     def forward(self, q, k, v, probes):
-        return torch.ops.zipvl.prefill_attention(q, k, v, probes, self.tau, D**-0.5, H, HKV, D)
+        return torch.ops.zipvl.prefill_attention(q, k, v, probes, self.tau, self.sparse, D**-0.5, H, HKV, D)
 
 
 
@@ -36,11 +36,11 @@ def _inputs(n, seed=0):
     return q, k, v, zipvl.probe_positions(n, CFG).to(torch.int32)[None]
 
 
-def _export(tmp_path, tau, fn, name, opset=18):
+def _export(tmp_path, tau, fn, name, opset=18, sparse=True):
     n = torch.export.Dim("n", min=2)
     m = torch.export.Dim("m", min=1, max=CFG.n_probes)
     path = tmp_path / f"{name}.onnx"
-    torch.onnx.export(Toy(tau).eval(), _inputs(40), str(path), dynamo=True, dynamic_shapes=({2: n}, {2: n}, {2: n}, {1: m}),
+    torch.onnx.export(Toy(tau, sparse).eval(), _inputs(40), str(path), dynamo=True, dynamic_shapes=({2: n}, {2: n}, {2: n}, {1: m}),
                       input_names=["query", "key", "value", "probes"],
                       output_names=["attn_out", "kept_indices", "kept_count", "key_compact", "value_compact"],
                       custom_translation_table={torch.ops.zipvl.prefill_attention.default: fn}, opset_version=opset,
@@ -48,22 +48,28 @@ def _export(tmp_path, tau, fn, name, opset=18):
     return path
 
 
-@pytest.fixture(scope="module", params=[1.0, 0.9])
+# (tau, sparse): a dense layer, the paper's sparse prefill, and dense prefill + eviction (preset "evict_only")
+VARIANTS = [(1.0, True), (0.9, True), (0.9, False)]
+
+
+@pytest.fixture(scope="module", params=VARIANTS)
 def standard(request, tmp_path_factory):
     lowering_standard.register_schemas()
-    return request.param, _export(tmp_path_factory.mktemp("std"), request.param, standard_prefill_attention, "std")
+    tau, sparse = request.param
+    return tau, sparse, _export(tmp_path_factory.mktemp("std"), tau, standard_prefill_attention, "std", sparse=sparse)
 
 
-@pytest.fixture(scope="module", params=[1.0, 0.9])
+@pytest.fixture(scope="module", params=VARIANTS)
 def plugin(request, tmp_path_factory):
     lowering_plugin.register_schemas()
-    return request.param, _export(tmp_path_factory.mktemp("plugin"), request.param, plugin_prefill_attention,
-                                  "plugin", opset=lowering_plugin.OPSET)
+    tau, sparse = request.param
+    return tau, sparse, _export(tmp_path_factory.mktemp("plugin"), tau, plugin_prefill_attention, "plugin",
+                                opset=lowering_plugin.OPSET, sparse=sparse)
 
 
-def _check(session, tau, n, seed):
+def _check(session, tau, sparse, n, seed):
     q, k, v, probes = _inputs(n, seed)
-    ref = prefill_attention(q, k, v, probes, tau, D**-0.5, H, HKV, D)
+    ref = prefill_attention(q, k, v, probes, tau, sparse, D**-0.5, H, HKV, D)
     got = session.run(None, {"query": q.numpy(), "key": k.numpy(), "value": v.numpy(), "probes": probes.numpy()})
     assert np.array_equal(got[1], ref[1].numpy()) and np.array_equal(got[2], ref[2].numpy())  # same kept set
     for i in (0, 3, 4):
@@ -74,25 +80,25 @@ def _check(session, tau, n, seed):
 
 @pytest.mark.parametrize("n,seed", [(5, 0), (16, 1), (57, 2), (300, 3)])
 def test_standard_lowering_matches_reference(standard, n, seed):
-    tau, path = standard
-    _check(create_session(path), tau, n, seed)
+    tau, sparse, path = standard
+    _check(create_session(path), tau, sparse, n, seed)
 
 
 def test_standard_lowering_fuses_every_attention(standard):
-    tau, path = standard
+    tau, sparse, path = standard
     model = onnx.load(str(path))
     ops = [node.op_type for node in model.graph.node]
     assert {node.domain for node in model.graph.node} <= {"", "ai.onnx", MS_DOMAIN}
     assert ops.count("GroupQueryAttention") == 1  # the causal attention over the p (tau = 1: n) tokens
     if tau < 1.0:
-        assert {"TopK", "CumSum", "ScatterND", "Pad"} <= set(ops)
+        assert {"TopK", "CumSum", "Pad"} <= set(ops) and ("ScatterND" in ops) == sparse
         assert ops.count("Softmax") == 1  # the probe attention (m x n), nothing else
     else:  # exactly dense: no probe, no threshold
         assert not {"Softmax", "TopK", "CumSum", "MatMul"} & set(ops)
 
 
 def test_plugin_lowering_node_contract(plugin):
-    tau, path = plugin
+    tau, _sparse, path = plugin
     model = onnx.load(str(path))
     ops = [node.op_type for node in model.graph.node]
     assert ops.count("Attention") == 1 and "Softmax" not in ops and "MatMul" not in ops
@@ -121,19 +127,21 @@ def test_plugin_lowering_matches_the_onnx_graph_contract(plugin):
     builds) use the same node types."""
     from zipvl.plugins.onnx_graph import attention_layer_model
 
-    tau, path = plugin
+    tau, sparse, path = plugin
     exported = {n.op_type for n in onnx.load(str(path)).graph.node} - {"Constant", "Identity"}
     contract = {n.op_type for n in attention_layer_model(H, HKV, D, 0.9).graph.node}
     if tau == 1.0:  # a dense layer: the Attention node without the selection around it
         assert "Attention" in exported and "ZipVLTokenSelect" not in exported
-    else:
+    elif sparse:
         assert exported == contract, exported ^ contract
+    else:  # dense prefill: the same selection and compaction, the attention over all n (no scatter)
+        assert {"ZipVLTokenSelect", "Attention"} <= exported < contract, exported - contract
 
 
 @pytest.mark.parametrize("n,seed", [(16, 1), (57, 2), (300, 3)])
 def test_plugin_lowering_runs_in_onnxruntime(plugin, n, seed):
-    tau, path = plugin
-    _check(create_session(path, plugin=tau < 1.0), tau, n, seed)
+    tau, sparse, path = plugin
+    _check(create_session(path, plugin=tau < 1.0), tau, sparse, n, seed)
 
 
 # ---------------------------------------------------------------- decode

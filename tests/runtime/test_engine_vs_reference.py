@@ -75,3 +75,22 @@ def test_reselection_evicts_inside_the_window():
                for i, layer in enumerate(out.retained) for r, held in enumerate(layer))
     final = np.array(out.cache_lengths)
     assert (final < np.array(out.cache_lengths_prefill) + NEW_TOKENS - 1).any()
+
+
+@pytest.mark.parametrize("ops", ["standard", "plugin"])
+def test_dense_prefill_engine_matches_reference_and_dense_logits(models, ops):
+    """The "evict_only" variant as an engine (sparse_prefill=False): the reference with the same config agrees on kept
+    sets, caches, logits and tokens, and the prefill's logits are the dense engine's (every token attended)."""
+    engine = Engine(tiny_engine("llava", ops, 0.975, sparse_prefill=False))
+    assert not engine.config.sparse_prefill
+    prompts = make_prompts(engine, 2, seed=3)
+    report = compare_batch(engine, models["llava"], prompts, NEW_TOKENS, TOL)
+    assert report["kept_sets_identical"] and report["cache_lengths_prefill"]["equal"], report["layers"]
+    assert report["logits"]["passed"] and report["tokens"]["identical"], (report["logits"], report["tokens"])
+    dense = Engine(tiny_engine("llava", ops, 1.0))
+    for prompt in prompts:
+        evicting, full = engine.prefill(prompt), dense.prefill(prompt)
+        np.testing.assert_allclose(evicting.logits, full.logits, atol=1e-5, rtol=1e-5)
+        assert sum(evicting.counts) < sum(full.counts)  # ...while the cache is evicted
+    stats = engine.generate(prompts, max_new_tokens=1).prefill_stats
+    assert stats.attn_flops_reduction < 0  # dense attention + the probe: it saves KV, not prefill FLOPs

@@ -126,7 +126,7 @@ def _prefill(model, desc, config, ops):
     lowering = _lowering(ops)[0]
     fn = lowering.plugin_prefill_attention if ops == "plugin" else lowering.standard_prefill_attention
     table = {torch.ops.zipvl.prefill_attention.default: fn}
-    return (PrefillGraph(model, _prefill_taus(desc, config)), (embeds, _positions(desc, 1, n), probes), dyn,
+    return (PrefillGraph(model, _prefill_taus(desc, config), config.sparse_prefill), (embeds, _positions(desc, 1, n), probes), dyn,
             ["inputs_embeds", "position_ids", "probes"], outputs, table)
 
 

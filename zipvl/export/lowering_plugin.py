@@ -66,7 +66,7 @@ def _i64(*values):
     return op.Constant(value=onnx.helper.make_tensor("c", onnx.TensorProto.INT64, [len(values)], list(values)))
 
 
-def plugin_prefill_attention(query, key, value, probes, tau: float, scaling: float, num_heads: int,
+def plugin_prefill_attention(query, key, value, probes, tau: float, sparse: bool, scaling: float, num_heads: int,
                              num_kv_heads: int, head_dim: int):
     """TensorRT translation of :func:`zipvl.export.ops.prefill_attention` (B = 1): ZipVLTokenSelect + Attention."""
     zero, one = _i64(0), _i64(1)
@@ -82,6 +82,11 @@ def plugin_prefill_attention(query, key, value, probes, tau: float, scaling: flo
     idx = op.Cast(op.Squeeze(kept, zero), to=onnx.TensorProto.INT64)  # (n,): p ascending positions, then -1
     valid = op.GreaterOrEqual(idx, zero)
     gathered = [op.Gather(x, op.Max(idx, zero), axis=2) for x in (query, key, value)]  # kept order, at capacity n
+    keep = op.Unsqueeze(valid, _i64(0, 1, 3))  # (1, 1, n, 1)
+    zero_f = op.Constant(value_float=0.0)
+    if not sparse:  # dense prefill: every token over all n; the kept set only compacts the cache
+        out, _pk, _pv, _qk = op.Attention(query, key, value, is_causal=1, scale=float(scaling))
+        return out, kept, count, op.Where(keep, gathered[1], zero_f), op.Where(keep, gathered[2], zero_f)
     o, _pk, _pv, _qk = op.Attention(*gathered, is_causal=1, scale=float(scaling))  # rows < p: exact; rows >= p: discarded
     # Row r of o goes to position idx[r]; padding rows to a spare slot n, cut off afterwards.
     rows = op.Transpose(o, perm=[2, 0, 1, 3])  # (n, 1, H, d)
@@ -89,8 +94,6 @@ def plugin_prefill_attention(query, key, value, probes, tau: float, scaling: flo
     zeros = op.ConstantOfShape(spare, value=onnx.helper.make_tensor("z", onnx.TensorProto.FLOAT, [1], [0.0]))
     scattered = op.ScatterND(zeros, op.Unsqueeze(op.Where(valid, idx, n), one), rows)
     out = op.Transpose(op.Slice(scattered, zero, n, zero), perm=[1, 2, 0, 3])  # (1, H, n, d)
-    keep = op.Unsqueeze(valid, _i64(0, 1, 3))  # (1, 1, n, 1)
-    zero_f = op.Constant(value_float=0.0)
     return out, kept, count, op.Where(keep, gathered[1], zero_f), op.Where(keep, gathered[2], zero_f)
 
 

@@ -85,7 +85,7 @@ def _causal_gqa(q_rows, k_rows, v_rows, length, h: int, h_kv: int, scaling: floa
     return op.Squeeze(out, zero)
 
 
-def standard_prefill_attention(query, key, value, probes, tau: float, scaling: float, num_heads: int,
+def standard_prefill_attention(query, key, value, probes, tau: float, sparse: bool, scaling: float, num_heads: int,
                                num_kv_heads: int, head_dim: int):
     """Standard-op + GroupQueryAttention translation of :func:`zipvl.export.ops.prefill_attention` (B = 1).
 
@@ -131,10 +131,14 @@ def standard_prefill_attention(query, key, value, probes, tau: float, scaling: f
     idx, _idx_pos = op.TopK(top, count, axis=-1, largest=0, sorted=1)  # (p,) ascending
 
     # Step 6: fused causal attention over the p gathered tokens (original order), scattered back; zero elsewhere.
+    # Dense prefill (sparse=False): every token attends over all n; the kept set only compacts the cache.
     kg, vg = op.Gather(k_rows, idx, axis=0), op.Gather(v_rows, idx, axis=0)  # (p, H_kv*d)
-    o = _causal_gqa(op.Gather(q_rows, idx, axis=0), kg, vg, count, h, h_kv, scaling)  # (p, H*d)
-    zeros = op.ConstantOfShape(op.Shape(q_rows), value=onnx.helper.make_tensor("z", _FLOAT, [1], [0.0]))
-    out = _heads(op.ScatterND(zeros, op.Unsqueeze(idx, one), o), h, d)
+    if sparse:
+        o = _causal_gqa(op.Gather(q_rows, idx, axis=0), kg, vg, count, h, h_kv, scaling)  # (p, H*d)
+        zeros = op.ConstantOfShape(op.Shape(q_rows), value=onnx.helper.make_tensor("z", _FLOAT, [1], [0.0]))
+        out = _heads(op.ScatterND(zeros, op.Unsqueeze(idx, one), o), h, d)
+    else:
+        out = _heads(_causal_gqa(q_rows, k_rows, v_rows, n, h, h_kv, scaling), h, d)
 
     # Step 7 outputs at capacity n: K[T]/V[T] first, zero after; indices padded with -1.
     rest = op.Sub(n, count)

@@ -23,6 +23,7 @@ def prefill_attention(
     value: torch.Tensor,
     probes: torch.Tensor,
     tau: float,
+    sparse: bool,
     scaling: float,
     num_heads: int,
     num_kv_heads: int,
@@ -36,16 +37,18 @@ def prefill_attention(
     key, value : (B, H_kv, n, d)
     probes : (B, m) int32, ascending probe positions ending at n - 1 (see :func:`zipvl.probe_positions`)
     tau, scaling : float; num_heads, num_kv_heads, head_dim : int (required, so export never drops them)
+    sparse : attention over the kept set only (the paper); False: dense causal attention, the kept set only decides
+        the KV compaction (``ZipVLConfig.sparse_prefill=False``, preset "evict_only")
 
     Returns
     -------
-    attn_out : (B, H, n, d), zero rows outside the kept set T
+    attn_out : (B, H, n, d), zero rows outside the kept set T (sparse), or every row (dense)
     kept_indices : (B, n) int32, ascending kept positions, first ``kept_count`` valid, rest -1
     kept_count : (B,) int32
     key_compact, value_compact : (B, H_kv, n, d), first ``kept_count`` entries = K[T] / V[T], rest zero
     """
     sel = select_tokens(query, key, probes.long(), tau, scaling)
-    out = sparse_attention(query, key, value, sel.kept, scaling)
+    out = sparse_attention(query, key, value, sel.kept if sparse else torch.ones_like(sel.kept), scaling)
     idx = sel.indices(pad=-1)
     count = sel.count
     safe = idx.clamp(min=0)[:, None, :, None].expand_as(key)
@@ -56,7 +59,7 @@ def prefill_attention(
 
 
 @prefill_attention.register_fake
-def _(query, key, value, probes, tau, scaling, num_heads, num_kv_heads, head_dim):
+def _(query, key, value, probes, tau, sparse, scaling, num_heads, num_kv_heads, head_dim):
     b, _, n, _ = query.shape
     return (
         torch.empty_like(query),

@@ -226,9 +226,14 @@ class Engine:
             kept = [p.counts[i] for p in prefills]
             dense = i in self.config.dense_layers
             probe = 0 if dense else sum(probe_flops(n, min(n, self.config.n_probes), h, hd) for n in lengths)
+            # a dense-prefill engine (sparse_prefill False) attends over all n and pays the probe on top, as the
+            # reference bills its evict-only mode
+            sparse = self.config.sparse_prefill or dense
+            attended = kept if sparse else lengths
             stats.layers.append(LayerStats(
-                layer=i, phase="prefill", mode="dense_layer" if dense else "sparse", length=list(lengths), kept=kept,
+                layer=i, phase="prefill", mode="dense_layer" if dense else ("sparse" if sparse else "evict_only"),
+                length=list(lengths), kept=kept,
                 attn_flops_dense=sum(causal_attention_flops(n, h, hd) for n in lengths),
-                attn_flops_zipvl=sum(causal_attention_flops(p, h, hd) for p in kept) + probe, probe_flops=probe,
+                attn_flops_zipvl=sum(causal_attention_flops(p, h, hd) for p in attended) + probe, probe_flops=probe,
                 kv_bytes_before=kv_entry * sum(lengths), kv_bytes_after=kv_entry * sum(kept), cache_length=kept))
         return stats

@@ -41,11 +41,14 @@ def tiny_model_dir(arch: str) -> Path:
     return path
 
 
-def tiny_engine(arch: str, ops: str = "standard", tau: float = 0.975) -> Path:
-    """Engine directory for the tiny ``arch`` model (built on first request)."""
+def tiny_engine(arch: str, ops: str = "standard", tau: float = 0.975, sparse_prefill: bool = True) -> Path:
+    """Engine directory for the tiny ``arch`` model (built on first request); ``sparse_prefill=False``: the
+    "evict_only" variant (dense prefill attention, the kept set compacts the cache)."""
+    from dataclasses import replace
+
     from ..export.build import build_engine, load_model
 
-    path = root() / "engines" / f"{arch}-{ops}-{tau}"
+    path = root() / "engines" / (f"{arch}-{ops}-{tau}" + ("" if sparse_prefill else "-dense-prefill"))
     if (path / "manifest.json").is_file():
         return path
     base = root() / "engines" / f"{arch}-standard-0.975"
@@ -53,6 +56,7 @@ def tiny_engine(arch: str, ops: str = "standard", tau: float = 0.975) -> Path:
     if path != base:  # the full build once; variants export only their prefill (and, per ops, decode) graph
         reuse = tiny_engine(arch, ops) if ops != "standard" and tau != 0.975 else tiny_engine(arch)
     model, source = load_model(tiny_model_dir(arch))
-    build_engine(model, path, ops=ops, config=tiny_config(tau), max_batch=4, max_sequence=MAX_SEQUENCE,
+    config = replace(tiny_config(tau), sparse_prefill=sparse_prefill)
+    build_engine(model, path, ops=ops, config=config, max_batch=4, max_sequence=MAX_SEQUENCE,
                  source_dir=source, reuse=reuse, progress=False)
     return path
