@@ -140,6 +140,26 @@ def test_peer_decode_beyond_its_context_is_skipped():
     assert "skipped" in out["short"]["prefill"][0] and "skipped" in out["short"]["decode"][0]
 
 
+def test_a_failing_peer_is_a_skipped_row():
+    from zipvl.bench.peers import Peer, run_peers
+
+    class Broken(Peer):
+        name = "broken"
+
+        def describe(self):
+            return {}
+
+        def prefill(self, ids):
+            raise RuntimeError("out of context")
+
+        def decode_steps(self, ids, batch, steps):
+            raise RuntimeError("no cache")
+
+    out = run_peers([Broken()], lambda n: torch.zeros(1, n, dtype=torch.long), [16], [16], [1], 1, 0, 2, 0)
+    assert out["broken"]["prefill"] == [{"n": 16, "skipped": "RuntimeError: out of context"}]
+    assert out["broken"]["decode"][0]["rows"] == [{"batch": 1, "skipped": "RuntimeError: no cache"}]
+
+
 def test_fresh_process_peak_of_an_engine(tmp_path):
     """One prefill per fresh interpreter: the exact high-water mark, above what the loaded engine holds; a folder
     that is no engine comes back as a skipped point with the runtime's reason, not as a crash of the sweep."""

@@ -105,6 +105,17 @@ def _measure_prefill(peer: Peer, ids, repeats: int, warmup: int) -> dict:
     return {"n": int(ids.shape[1]), **samples.to_dict(), "peak_memory": pm.to_dict()}
 
 
+def _reason(e: Exception) -> str:
+    return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+
+
+def _guarded(n: int, fn, *args) -> dict:
+    try:
+        return fn(*args)
+    except Exception as e:  # noqa: BLE001 - a peer's failure is its row, not the end of the whole run
+        return {"n": n, "skipped": _reason(e)}
+
+
 def run_peers(peers: list[Peer], make_ids: Callable[[int], torch.Tensor], lengths: list[int], contexts: list[int],
               batches: list[int], repeats: int, warmup: int, steps: int, warmup_steps: int, tick=None) -> dict:
     """Every peer's prefill sweep and decode sweep -> {peer name: {"describe", "prefill": [...], "decode": [...]}}."""
@@ -116,7 +127,7 @@ def run_peers(peers: list[Peer], make_ids: Callable[[int], torch.Tensor], length
             if limit is not None and n > limit:
                 result["prefill"].append({"n": n, "skipped": f"beyond the peer's context length ({limit})"})
                 continue
-            result["prefill"].append(_measure_prefill(peer, make_ids(n), repeats, warmup))
+            result["prefill"].append(_guarded(n, _measure_prefill, peer, make_ids(n), repeats, warmup))
             if tick is not None:
                 tick(f"{peer.name} prefill n={n}")
         for c in contexts:
@@ -125,7 +136,11 @@ def run_peers(peers: list[Peer], make_ids: Callable[[int], torch.Tensor], length
                 continue
             ids, rows = make_ids(c), []
             for b in sorted(set(batches)):
-                times = peer.decode_steps(ids, b, warmup_steps + steps)[warmup_steps:]
+                try:
+                    times = peer.decode_steps(ids, b, warmup_steps + steps)[warmup_steps:]
+                except Exception as e:  # noqa: BLE001 - a peer's failure is its row, not the end of the run
+                    rows.append({"batch": b, "skipped": _reason(e)})
+                    continue
                 step = statistics.median(times)
                 rows.append({"batch": b, "step_ms": 1e3 * step, "tokens_per_s": b / step})
                 if tick is not None:
@@ -160,7 +175,7 @@ def compare(report: dict) -> dict:
         for d in peer["decode"]:
             for r in d["rows"]:
                 mine = decode.get((d["context"], r["batch"]))
-                if mine is None:
+                if mine is None or "skipped" in r:
                     continue
                 decode_rows.append({"peer": name, "context": d["context"], "batch": r["batch"],
                                     "peer_tps": r["tokens_per_s"], "zipvl_tps": mine["zipvl_tps"],
