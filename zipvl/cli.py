@@ -46,7 +46,7 @@ def _demo(args) -> int:
     from .pipeline import generate
 
     console = Console()
-    config = ZipVLConfig(tau=args.tau)
+    config = ZipVLConfig.preset(args.preset, tau=args.tau)
     if args.threads:
         torch.set_num_threads(args.threads)
     with console.status("loading the embedded default model (first run converts the GGUF, ~40 s)"):
@@ -54,7 +54,7 @@ def _demo(args) -> int:
         model, processor = load_default_model()
         load_s = time.perf_counter() - t0
     console.print(f"[bold]embedded default[/]: SmolLM2-135M-Instruct + trained vision tower (LLaVA), loaded in "
-                  f"{load_s:.1f} s; ZipVL tau={config.tau}")
+                  f"{load_s:.1f} s; ZipVL preset {args.preset!r}, tau={config.tau}")
     tasks = _demo_tasks(processor, args)
 
     def mark(text: str, expected) -> str:
@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zipvl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the embedded default dense and with ZipVL on an image and a long text")
+    demo.add_argument("--preset", default=ZipVLConfig.RECOMMENDED, choices=tuple(ZipVLConfig.presets()),
+                      help=f"the ZipVL configuration (default: the recommended one, {ZipVLConfig.RECOMMENDED!r})")
     demo.add_argument("--tau", type=float, default=0.975)
     demo.add_argument("--image", help="your own image file or skimage:<name> (default: an easy-vqa test image)")
     demo.add_argument("--question", default="what shape is in the image?", help="asked about --image")
