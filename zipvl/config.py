@@ -72,8 +72,8 @@ class ZipVLConfig:
         gives one floor per layer and must match the model's depth. 0 disables.
     """
 
-    # The measurement study decides the recommendation; until it reports, it is the paper's method.
-    RECOMMENDED: ClassVar[str] = "paper"
+    # The selection study (docs/selection-study.md): the variant that keeps dense's answers best at equal kept ratio.
+    RECOMMENDED: ClassVar[str] = "evict_only"
 
     tau: float = 0.975
     n_recent: int = 64
