@@ -25,7 +25,6 @@ from zipvl.models.default import build_default_model
 from zipvl.models.vision import TOWER, VERSION, WEIGHTS_DIR, save_vision
 from zipvl.models.vision_training import KINDS, TrainConfig, train
 
-
 HELDOUT = {"easyvqa": 300, "scenes_long": 50, "multi_image": 50}  # task -> seeded items (zipvl-eval's own tasks)
 
 

@@ -6,25 +6,15 @@ its haystacks over the essays."""
 import pytest
 import torch
 from tokenizers import Tokenizer
-from tokenizers.models import WordLevel
-from tokenizers.pre_tokenizers import WhitespaceSplit
 from transformers import PreTrainedTokenizerFast
 
 from zipvl import ZipVLConfig
 from zipvl.config import ZipVLConfigError
+from zipvl.errors import ZipVLInputError
 from zipvl.eval import EvalSettings, Item, evaluate_items, write_reports
 from zipvl.eval.evaluate import pareto_front
 from zipvl.eval.tasks import TaskOptions, make_items
-from zipvl.errors import ZipVLInputError
 from zipvl.testing import tiny_model
-
-
-@pytest.fixture(scope="module")
-def word_tokenizer():
-    vocab = {"[UNK]": 0, "[BOS]": 1, "[EOS]": 2, **{f"w{i}": i for i in range(3, 997)}}
-    tok = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="[EOS]", pad_token="[UNK]")
 
 
 def _items():
