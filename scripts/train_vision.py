@@ -23,9 +23,10 @@ import torch
 
 from zipvl.models.default import build_default_model
 from zipvl.models.vision import TOWER, VERSION, WEIGHTS_DIR, save_vision
-from zipvl.models.vision_training import KINDS, TrainConfig, train
+from zipvl.models.vision_training import KINDS, TrainConfig, fast_bf16, train
 
 HELDOUT = {"easyvqa": 300, "scenes_long": 50, "multi_image": 50}  # task -> seeded items (zipvl-eval's own tasks)
+HELDOUT_SEED = 0  # the held-out sample is zipvl-eval's default one, whatever seed a training stage uses for its data
 
 
 @torch.no_grad()
@@ -94,10 +95,13 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"batch share per kind ({', '.join(KINDS)})")
     p.add_argument("--tower-lr", type=float, default=TrainConfig.tower_lr)
     p.add_argument("--threads", type=int, default=TrainConfig.threads)
+    p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
+                   help="bf16 autocast; auto: where the CPU has native bf16 matmuls (AMX / AVX512-BF16), else fp32")
     p.add_argument("--heldout", type=float, default=1.0, help="scale of the held-out check (0: skip)")
     p.add_argument("--out", type=Path, default=WEIGHTS_DIR)
     args = p.parse_args(argv)
-    cfg = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads,
+    bf16 = fast_bf16() if args.bf16 == "auto" else args.bf16 == "on"
+    cfg = TrainConfig(bf16=bf16, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads,
                       tower_steps=0 if args.init else args.tower_steps, tower_lr=args.tower_lr,
                       mix=tuple(args.mix), init=str(args.init) if args.init else None)
     t0 = time.perf_counter()
@@ -129,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {weights} ({weights.stat().st_size / 2**20:.1f} MiB) after {train_s:.0f} s of training", flush=True)
     if args.heldout > 0:
         tasks = {t: max(1, round(n * args.heldout)) for t, n in HELDOUT.items()}
-        card["heldout"] = heldout_accuracy(model, processor, args.seed, tasks)
+        card["heldout"] = heldout_accuracy(model, processor, HELDOUT_SEED, tasks)
         save_vision(model, weights, card)
     return 0
 

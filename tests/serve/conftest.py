@@ -4,6 +4,7 @@ processor, 16 image tokens) and a real ``zipvl serve`` on free loopback ports, s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -41,13 +42,13 @@ def served_engine(tmp_path_factory) -> Path:
     return engine
 
 
-@pytest.fixture(scope="module")
-def server(served_engine, tmp_path_factory):
-    """``zipvl serve`` as a user runs it; yields the gateway URL; always stopped (SIGTERM, then SIGKILL)."""
+@contextlib.contextmanager
+def _serve(engine: Path, log: Path, *options: str):
+    """``zipvl serve ENGINE OPTIONS`` as a user runs it, on free loopback ports; yields the gateway URL; always
+    stopped (SIGTERM, then SIGKILL)."""
     port, triton = free_port(), [free_port() for _ in range(3)]
-    log = tmp_path_factory.mktemp("serve-log") / "serve.log"
-    cmd = [sys.executable, "-m", "zipvl.cli", "serve", str(served_engine), "--port", str(port), "--threads", "1",
-           "--max-queue", "16", "--triton-ports", ",".join(map(str, triton))]
+    cmd = [sys.executable, "-m", "zipvl.cli", "serve", str(engine), "--port", str(port), "--threads", "1",
+           "--triton-ports", ",".join(map(str, triton)), *options]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -74,3 +75,15 @@ def server(served_engine, tmp_path_factory):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def serve():
+    """``with serve(engine, log, *options) as url``: a server with other options than the shared one's."""
+    return _serve
+
+
+@pytest.fixture(scope="module")
+def server(served_engine, tmp_path_factory):
+    with _serve(served_engine, tmp_path_factory.mktemp("serve-log") / "serve.log", "--max-queue", "16") as url:
+        yield url

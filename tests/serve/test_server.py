@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import re
 import threading
 import time
 
@@ -17,6 +16,7 @@ import pytest
 import requests
 from PIL import Image
 
+from zipvl.bench.serve_load import LoadConfig, gauge, run_serve_bench
 from zipvl.runtime import Engine, Prompt
 from zipvl.serve.tiny import make_processor
 
@@ -72,20 +72,21 @@ def stream_text(url, body, chunks: list | None = None) -> tuple[str, str]:
     return "".join(out).strip(), finish
 
 
-def metric(url, name) -> float:
-    text = requests.get(f"{url}/metrics", timeout=10).text
-    values = [float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE)]
-    assert values, f"{name} not in /metrics"
-    return sum(values)
-
-
 def wait_idle(url, timeout=20.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if metric(url, "zipvl_kv_bytes_in_use") == 0 and metric(url, "zipvl_running_requests") == 0:
+        if gauge(url, "zipvl_kv_bytes_in_use") == 0 and gauge(url, "zipvl_running_requests") == 0:
             return
         time.sleep(0.3)
     pytest.fail("KV bytes in use did not return to 0")
+
+
+@pytest.fixture(scope="module")
+def one_slot_server(served_engine, tmp_path_factory, serve):
+    """One request decoded at a time and one waiting: a third concurrent request is turned away."""
+    with serve(served_engine, tmp_path_factory.mktemp("serve-log") / "serve.log", "--max-running", "1",
+               "--max-queue", "1") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +147,7 @@ def test_triton_generate_stream_gives_token_ids(server, engine):
 
 
 def test_disconnect_frees_the_cache(server):
-    cancelled = metric(server, "zipvl_requests_cancelled")
+    cancelled = gauge(server, "zipvl_requests_cancelled")
     # 1,900 tokens: seconds of decoding even for the tiny engine, so the cancel always lands before the end
     body = chat_body(words(range(3, 40)), max_tokens=1900)
     with requests.post(f"{server}/v1/chat/completions", json=body, stream=True, timeout=60) as r:
@@ -155,9 +156,9 @@ def test_disconnect_frees_the_cache(server):
             next(lines)
     # the client went away after ~2 tokens of 1,900: the request is cancelled and its cache freed
     deadline = time.monotonic() + 20
-    while metric(server, "zipvl_requests_cancelled") == cancelled and time.monotonic() < deadline:
+    while gauge(server, "zipvl_requests_cancelled") == cancelled and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert metric(server, "zipvl_requests_cancelled") == cancelled + 1
+    assert gauge(server, "zipvl_requests_cancelled") == cancelled + 1
     wait_idle(server)
 
 
@@ -201,3 +202,39 @@ def test_stop_string_ends_the_stream(server, engine):
     cut = " ".join(full).index(stop)
     assert got == " ".join(full)[:cut].strip() and finish == "stop"
     wait_idle(server)
+
+
+def test_full_queue_answers_429_and_the_queued_request_still_runs(one_slot_server, engine):
+    url, queued_text, result = one_slot_server, words(range(100, 130)), {}
+    with requests.post(f"{url}/v1/chat/completions", json=chat_body(words(range(3, 40)), max_tokens=1900),
+                       stream=True, timeout=60) as r:
+        lines = r.iter_lines()
+        for _ in range(3):  # decoding: the one slot is taken for seconds (1,900 tokens)
+            next(lines)
+        t = threading.Thread(target=lambda: result.update(out=stream_text(url, chat_body(queued_text, max_tokens=10))))
+        t.start()
+        deadline = time.monotonic() + 20
+        while gauge(url, "zipvl_queue_depth") < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert gauge(url, "zipvl_queue_depth") == 1
+        turned_away = requests.post(f"{url}/v1/chat/completions", json=chat_body("w5 w6"), timeout=30)
+        assert turned_away.status_code == 429, turned_away.text
+        err = turned_away.json()["error"]
+        assert err["type"] == "rate_limit_error" and "overloaded" in err["message"] and "\n" not in err["message"]
+    # the long request's client left: its slot frees and the queued request streams to the end
+    t.join(60)
+    assert result["out"][0] == expected_text(engine, queued_text, None, 10)
+    wait_idle(url)
+
+
+def test_load_bench_drains_and_memory_returns_to_baseline(server):
+    """zipvl-bench --serve's own run, bounded: every request answered, then no KV held and the server's memory back
+    near its warmed-up baseline."""
+    cfg = LoadConfig(rates=[8.0], requests=6, prompt_words=(8, 40), max_tokens=6, timeout_s=60,
+                     words=tuple(f"w{i}" for i in range(3, 990)))
+    report = run_serve_bench({"zipvl": server}, cfg, progress=lambda m: None)
+    row = report["rates"][0]["zipvl"]
+    assert row["ok"] == 6 and row["errors"] == 0 and row["ttft_s"]["p99"] is not None, row
+    memory = report["memory"]["zipvl"]
+    assert memory["kv_bytes_after"] == 0 and memory["running_after"] == 0
+    assert memory["rss_baseline_mib"] > 0 and memory["ok"], memory

@@ -8,6 +8,7 @@ server (exit 3 with the first miss)."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ class LoadConfig:
     max_tokens: int = 32
     seed: int = 0
     timeout_s: float = 300.0
+    words: tuple[str, ...] = tuple(WORDS)  # the prompts' vocabulary
 
 
 def check_url(url: str) -> str:
@@ -41,8 +43,8 @@ def check_url(url: str) -> str:
     return url.rstrip("/")
 
 
-def _prompt(rng, words: int) -> str:
-    return " ".join(rng.choice(WORDS, words))
+def _prompt(rng, n: int, vocabulary) -> str:
+    return " ".join(rng.choice(vocabulary, n))
 
 
 def _one(url: str, body: dict, t_start: float, out: dict) -> None:
@@ -50,7 +52,7 @@ def _one(url: str, body: dict, t_start: float, out: dict) -> None:
     try:
         with requests.post(f"{url}/v1/chat/completions", json=body, stream=True, timeout=body["_timeout"]) as r:
             if r.status_code != 200:
-                err = f"HTTP {r.status_code}"
+                err = f"HTTP {r.status_code}: {r.text[:200]}"
             else:
                 for line in r.iter_lines():
                     if line.startswith(b"data: {"):
@@ -71,8 +73,8 @@ def run_rate(url: str, rate: float, cfg: LoadConfig) -> dict:
     threads, t0 = [], time.perf_counter()
     for i, (gap, n) in enumerate(zip(np.cumsum(gaps), lengths)):
         time.sleep(max(0.0, t0 + gap - time.perf_counter()))
-        body = {"messages": [{"role": "user", "content": _prompt(rng, int(n))}], "max_tokens": cfg.max_tokens,
-                "stream": True, "_timeout": cfg.timeout_s}
+        body = {"messages": [{"role": "user", "content": _prompt(rng, int(n), cfg.words)}],
+                "max_tokens": cfg.max_tokens, "stream": True, "_timeout": cfg.timeout_s}
         # the server ignores unknown fields; the client's own timeout rides along for _one
         t = threading.Thread(target=_one, args=(url, body, time.perf_counter(), results[i]), daemon=True)
         t.start()
@@ -88,14 +90,59 @@ def run_rate(url: str, rate: float, cfg: LoadConfig) -> dict:
     def pct(x, q):
         return float(np.percentile(x, q)) if x else None
 
-    return {"rate": rate, "requests": cfg.requests, "ok": len(ok), "errors": cfg.requests - len(ok),
+    errors = [r.get("error") or "no tokens" for r in results if r not in ok]
+    return {"rate": rate, "requests": cfg.requests, "ok": len(ok), "errors": len(errors),
+            "first_error": errors[0] if errors else None,
             "ttft_s": {f"p{q}": pct(ttft, q) for q in (50, 95, 99)},
             "itl_s": {f"p{q}": pct(itl, q) for q in (50, 95, 99)},
             "tokens": tokens, "tokens_per_s": tokens / span if span > 0 else None, "seconds": span}
 
 
+def gauge(url: str, name: str) -> float:
+    """A zipvl gauge from the server's Prometheus ``/metrics``, summed over model instances."""
+    text = requests.get(f"{url}/metrics", timeout=10).text
+    values = [float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE)]
+    if not values:
+        raise ZipVLConfigError(f"{url}/metrics has no {name}: is this a zipvl serve gateway?")
+    return sum(values)
+
+
+def settle(url: str, timeout_s: float = 30.0) -> dict:
+    """Wait until nothing runs or waits and no KV is held (or ``timeout_s``); the gauges then."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        now = {k: gauge(url, f"zipvl_{k}") for k in ("running_requests", "queue_depth", "kv_bytes_in_use",
+                                                      "process_rss_bytes")}
+        if not (now["running_requests"] or now["queue_depth"] or now["kv_bytes_in_use"]) \
+                or time.monotonic() > deadline:
+            return now
+        time.sleep(0.2)
+
+
+RSS_SLACK_MIB = 64.0  # allocator and arena noise a drained server may keep
+
+
+def memory_check(baseline: dict, after: dict, slack_mib: float = RSS_SLACK_MIB) -> dict:
+    """After the load: no KV held, and the server's memory back within ``slack_mib`` of its warmed-up baseline."""
+    mib = 2**20
+    out = {"rss_baseline_mib": baseline["process_rss_bytes"] / mib, "rss_after_mib": after["process_rss_bytes"] / mib,
+           "kv_bytes_after": after["kv_bytes_in_use"], "running_after": after["running_requests"]}
+    out["ok"] = bool(after["kv_bytes_in_use"] == 0 and after["running_requests"] == 0
+                     and out["rss_after_mib"] <= out["rss_baseline_mib"] + slack_mib)
+    return out
+
+
 def run_serve_bench(servers: dict[str, str], cfg: LoadConfig, progress=print) -> dict:
-    report = {"config": {**cfg.__dict__, "servers": servers}, "rates": []}
+    """Every rate on every server; around the whole load, each server's memory: a warm-up request of the longest
+    prompt, the baseline once it settles, and the same gauges once the load has drained (:func:`memory_check`)."""
+    report = {"config": {**cfg.__dict__, "servers": servers}, "rates": [], "memory": {}}
+    baselines = {}
+    for label, url in servers.items():
+        warm = {"messages": [{"role": "user", "content": _prompt(np.random.default_rng(cfg.seed),
+                                                                 max(cfg.prompt_words), cfg.words)}],
+                "max_tokens": cfg.max_tokens, "stream": True, "_timeout": cfg.timeout_s}
+        _one(check_url(url), warm, time.perf_counter(), {})
+        baselines[label] = settle(check_url(url))
     for rate in cfg.rates:
         row = {"rate": rate}
         for label, url in servers.items():
@@ -103,6 +150,10 @@ def run_serve_bench(servers: dict[str, str], cfg: LoadConfig, progress=print) ->
             progress(f"rate {rate:g}/s {label}: p99 TTFT {_ms(row[label]['ttft_s']['p99'])} ms, "
                      f"{row[label]['tokens_per_s'] or 0:.1f} tok/s, {row[label]['errors']} errors")
         report["rates"].append(row)
+    for label, url in servers.items():
+        m = report["memory"][label] = memory_check(baselines[label], settle(check_url(url)))
+        progress(f"{label} after the load: KV bytes in use {m['kv_bytes_after']:.0f}, RSS {m['rss_after_mib']:.0f} "
+                 f"MiB (warmed-up baseline {m['rss_baseline_mib']:.0f} MiB): {'ok' if m['ok'] else 'NOT back'}")
     return report
 
 
@@ -146,5 +197,12 @@ def check_serve_sla(report: dict, budgets: dict[str, float], label: str = "zipvl
                 value = m["tokens_per_s"]
             if m["errors"]:
                 value, where = None, f"{where}: {m['errors']} failed requests"
-            checks.append(SLACheck(metric, budget, value, f"{where}, p99" if "ms" in metric else where))
+            if metric != "rss_growth_mib":
+                checks.append(SLACheck(metric, budget, value, f"{where}, p99" if "ms" in metric else where))
+    if label in report.get("memory", {}):  # memory back to baseline is part of every serving SLA
+        m = report["memory"][label]
+        growth = None if m["kv_bytes_after"] or m["running_after"] else m["rss_after_mib"] - m["rss_baseline_mib"]
+        checks.append(SLACheck("rss_growth_mib", budgets.get("rss_growth_mib", RSS_SLACK_MIB), growth,
+                               f"{label} after the load" + ("" if growth is not None else
+                                                           ": KV still held or requests still running")))
     return checks

@@ -24,6 +24,8 @@ METRICS = {
     "decode_tps": ("min", "ZipVL decode tokens/s at the best batch, longest context"),
     "kv_mib": ("max", "ZipVL KV cache MiB per sequence at the longest prompt"),
     "itl_ms": ("max", "p99 inter-token latency (ms) under load (zipvl-bench --serve only)"),
+    "rss_growth_mib": ("max", "server memory after the load minus its warmed-up baseline, MiB, with no KV held "
+                              "(zipvl-bench --serve only; checked with any budget, 64 by default)"),
 }
 SLA_EXIT_CODE = 3
 

@@ -12,6 +12,7 @@ in Triton; the streaming thread sees it at the next token and cancels the schedu
 from __future__ import annotations
 
 import json
+import os
 import queue
 import threading
 from pathlib import Path
@@ -31,7 +32,18 @@ GAUGES = {
     "zipvl_mean_kept_ratio": ("mean_kept_ratio", "mean prefill kept ratio over layers of running requests"),
     "zipvl_requests_completed": ("completed", "requests finished since start (any reason)"),
     "zipvl_requests_cancelled": ("cancelled", "requests cancelled since start (client gone)"),
+    "zipvl_process_rss_bytes": ("rss_bytes", "resident memory of this instance's process (memory back to baseline "
+                                             "after load)"),
 }
+
+
+def rss_bytes() -> int:
+    """This process's resident set size now (Linux /proc; 0 where there is none)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _array(request, name: str) -> np.ndarray | None:
@@ -71,7 +83,9 @@ class TritonPythonModel:
         threads = int(params["threads"]) if params.get("threads") else None
         self.engine = Engine(engine_dir, verify=False, threads=threads)
         budget = params.get("kv_budget_mib")
+        running = params.get("max_running")
         self.scheduler = Scheduler(self.engine, max_queue=int(params.get("max_queue", 64)),
+                                   max_running=int(running) if running else None,
                                    kv_budget=int(float(budget) * 2**20) if budget else None,
                                    timeout_s=float(params.get("timeout_s", 300)))
         self.eos = self.engine.desc.get("eos_token_id")
@@ -85,7 +99,7 @@ class TritonPythonModel:
 
     def _publish(self):
         while not self._done.wait(0.2):
-            stats = self.scheduler.stats()
+            stats = {**self.scheduler.stats(), "rss_bytes": rss_bytes()}
             for name, (key, _) in GAUGES.items():
                 self.metrics[name].set(float(stats[key]))
 

@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="zipvl", help="served model name (the OpenAI 'model' field)")
     p.add_argument("--instances", type=int, default=1, help="Triton model instances (engine replicas)")
     p.add_argument("--max-queue", type=int, default=64, help="queued requests per instance before HTTP 429")
+    p.add_argument("--max-running", type=int, help="requests decoded together per instance (default: the engine's "
+                   "max_batch; more wait in the queue)")
     p.add_argument("--kv-budget", type=float, metavar="MIB", help="KV-cache MiB the running requests may reserve")
     p.add_argument("--timeout", type=float, default=300.0, help="per-request deadline, seconds")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads per instance")
@@ -47,12 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _options(args):
     from .repository import ServeOptions
 
-    if args.instances < 1 or args.max_queue < 1 or args.timeout <= 0:
+    if args.instances < 1 or args.max_queue < 1 or args.timeout <= 0 or (args.max_running or 1) < 1:
         from ..errors import ZipVLConfigError
 
-        raise ZipVLConfigError("--instances and --max-queue must be >= 1 and --timeout > 0")
-    return ServeOptions(instances=args.instances, max_queue=args.max_queue, kv_budget_mib=args.kv_budget,
-                        timeout_s=args.timeout, threads=args.threads)
+        raise ZipVLConfigError("--instances, --max-queue and --max-running must be >= 1 and --timeout > 0")
+    return ServeOptions(instances=args.instances, max_queue=args.max_queue, max_running=args.max_running,
+                        kv_budget_mib=args.kv_budget, timeout_s=args.timeout, threads=args.threads)
 
 
 def _exit(signum, frame):

@@ -25,12 +25,15 @@ class ServeOptions:
 
     instances: int = 1  # Triton model instances = engine replicas in this server (one process each)
     max_queue: int = 64  # requests waiting for a prefill before "overloaded"
+    max_running: int | None = None  # requests decoded together per instance (None: the engine's max_batch)
     kv_budget_mib: float | None = None  # KV memory the running requests of one instance may reserve
     timeout_s: float = 300.0  # per-request deadline
     threads: int | None = None  # ONNX Runtime intra-op threads per instance
 
     def parameters(self) -> dict[str, str]:
         out = {"engine": "engine", "max_queue": str(self.max_queue), "timeout_s": str(self.timeout_s)}
+        if self.max_running is not None:
+            out["max_running"] = str(self.max_running)
         if self.kv_budget_mib is not None:
             out["kv_budget_mib"] = str(self.kv_budget_mib)
         if self.threads:
