@@ -220,6 +220,13 @@ PRESETS: dict[str, tuple[str, dict]] = {
                     {"protect_text": True}),
     "evict_only": ("dense prefill attention; ZipVL's kept set only decides the KV eviction",
                    {"sparse_prefill": False}),
+    # dense prefill + a SnapKV-like score under the tau count (the study's next lever: rank by what the question needs)
+    "evict_pooled": ("dense prefill; eviction by ZipVL's tau rule on the max-pooled (k=5) probe score",
+                     {"sparse_prefill": False, "pool": "max", "pool_kernel": 5}),
+    "evict_question": ("dense prefill; eviction by the tau rule on the question span's max-pooled (k=5) score, "
+                       "first 4 and last 32 tokens kept", {"sparse_prefill": False, "probe_set": "question",
+                                                           "pool": "max", "pool_kernel": 5, "protect_first": 4,
+                                                           "protect_last": 32}),
     "safe_evict": ("sparse prefill at tau, KV eviction at the stricter tau_evict = 0.99", {"tau_evict": 0.99}),
     "max_heads": ("one set per layer by max over query heads (a token any head needs) instead of the sum",
                   {"head_reduce": "max"}),

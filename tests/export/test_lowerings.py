@@ -21,14 +21,13 @@ CFG = zipvl.ZipVLConfig(n_recent=8, n_random=8)
 
 
 class Toy(torch.nn.Module):
-    def __init__(self, tau, sparse=True):
+    def __init__(self, tau, sparse=True, selection=(1, 0, 0)):
         super().__init__()
-        self.tau, self.sparse = tau, sparse
+        self.tau, self.sparse, self.selection = tau, sparse, selection
 
     def forward(self, q, k, v, probes):
-        return torch.ops.zipvl.prefill_attention(q, k, v, probes, self.tau, self.sparse, D**-0.5, H, HKV, D)
-
-
+        return torch.ops.zipvl.prefill_attention(q, k, v, probes, self.tau, self.sparse, D**-0.5, H, HKV, D,
+                                                 *self.selection)
 
 def _inputs(n, seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -36,11 +35,12 @@ def _inputs(n, seed=0):
     return q, k, v, zipvl.probe_positions(n, CFG).to(torch.int32)[None]
 
 
-def _export(tmp_path, tau, fn, name, opset=18, sparse=True):
+def _export(tmp_path, tau, fn, name, opset=18, sparse=True, selection=(1, 0, 0)):
     n = torch.export.Dim("n", min=2)
     m = torch.export.Dim("m", min=1, max=CFG.n_probes)
     path = tmp_path / f"{name}.onnx"
-    torch.onnx.export(Toy(tau, sparse).eval(), _inputs(40), str(path), dynamo=True, dynamic_shapes=({2: n}, {2: n}, {2: n}, {1: m}),
+    torch.onnx.export(Toy(tau, sparse, selection).eval(), _inputs(40), str(path), dynamo=True,
+                      dynamic_shapes=({2: n}, {2: n}, {2: n}, {1: m}),
                       input_names=["query", "key", "value", "probes"],
                       output_names=["attn_out", "kept_indices", "kept_count", "key_compact", "value_compact"],
                       custom_translation_table={torch.ops.zipvl.prefill_attention.default: fn}, opset_version=opset,
@@ -50,13 +50,18 @@ def _export(tmp_path, tau, fn, name, opset=18, sparse=True):
 
 # (tau, sparse): a dense layer, the paper's sparse prefill, and dense prefill + eviction (preset "evict_only")
 VARIANTS = [(1.0, True), (0.9, True), (0.9, False)]
+# (tau, sparse, (max-pool kernel, protect_first, protect_last)): the selection variants the standard lowering adds
+# - pooled, protected, and both under dense prefill (preset "evict_question")
+SELECTION_VARIANTS = [(0.9, True, (5, 0, 0)), (0.9, True, (1, 3, 6)), (0.9, False, (5, 2, 4))]
 
 
-@pytest.fixture(scope="module", params=VARIANTS)
+@pytest.fixture(scope="module", params=[(*v, (1, 0, 0)) for v in VARIANTS] + SELECTION_VARIANTS)
 def standard(request, tmp_path_factory):
     lowering_standard.register_schemas()
-    tau, sparse = request.param
-    return tau, sparse, _export(tmp_path_factory.mktemp("std"), tau, standard_prefill_attention, "std", sparse=sparse)
+    tau, sparse, selection = request.param
+    path = _export(tmp_path_factory.mktemp("std"), tau, standard_prefill_attention, "std", sparse=sparse,
+                   selection=selection)
+    return tau, sparse, selection, path
 
 
 @pytest.fixture(scope="module", params=VARIANTS)
@@ -67,9 +72,9 @@ def plugin(request, tmp_path_factory):
                                 opset=lowering_plugin.OPSET, sparse=sparse)
 
 
-def _check(session, tau, sparse, n, seed):
+def _check(session, tau, sparse, n, seed, selection=(1, 0, 0)):
     q, k, v, probes = _inputs(n, seed)
-    ref = prefill_attention(q, k, v, probes, tau, sparse, D**-0.5, H, HKV, D)
+    ref = prefill_attention(q, k, v, probes, tau, sparse, D**-0.5, H, HKV, D, *selection)
     got = session.run(None, {"query": q.numpy(), "key": k.numpy(), "value": v.numpy(), "probes": probes.numpy()})
     assert np.array_equal(got[1], ref[1].numpy()) and np.array_equal(got[2], ref[2].numpy())  # same kept set
     for i in (0, 3, 4):
@@ -80,12 +85,12 @@ def _check(session, tau, sparse, n, seed):
 
 @pytest.mark.parametrize("n,seed", [(5, 0), (16, 1), (57, 2), (300, 3)])
 def test_standard_lowering_matches_reference(standard, n, seed):
-    tau, sparse, path = standard
-    _check(create_session(path), tau, sparse, n, seed)
+    tau, sparse, selection, path = standard
+    _check(create_session(path), tau, sparse, n, seed, selection)
 
 
 def test_standard_lowering_fuses_every_attention(standard):
-    tau, sparse, path = standard
+    tau, sparse, selection, path = standard
     model = onnx.load(str(path))
     ops = [node.op_type for node in model.graph.node]
     assert {node.domain for node in model.graph.node} <= {"", "ai.onnx", MS_DOMAIN}
@@ -93,6 +98,7 @@ def test_standard_lowering_fuses_every_attention(standard):
     if tau < 1.0:
         assert {"TopK", "CumSum", "Pad"} <= set(ops) and ("ScatterND" in ops) == sparse
         assert ops.count("Softmax") == 1  # the probe attention (m x n), nothing else
+        assert ("MaxPool" in ops) == (selection[0] > 1)
     else:  # exactly dense: no probe, no threshold
         assert not {"Softmax", "TopK", "CumSum", "MatMul"} & set(ops)
 

@@ -73,8 +73,11 @@ def test_bad_variant_field_raises_one_clear_error(kwargs, needle):
 def test_export_rejects_variants_by_name(tmp_path):
     from zipvl.export.build import build_engine
 
-    with pytest.raises(ZipVLInputError, match="pool='max'"):
-        build_engine(tiny_model("llama", num_layers=1), tmp_path, config=ZipVLConfig(pool="max"), progress=False)
+    with pytest.raises(ZipVLInputError, match="head_reduce='max'"):
+        build_engine(tiny_model("llama", num_layers=1), tmp_path, config=ZipVLConfig(head_reduce="max"),
+                     progress=False)
+    with pytest.raises(ZipVLInputError, match="pool='max'"):  # the standard lowering pools with MaxPool only
+        build_engine(tiny_model("llama", num_layers=1), tmp_path, config=ZipVLConfig(pool="avg"), progress=False)
 
 
 # ---- brute-force references (NumPy / plain Python) ---------------------------------------------------------------

@@ -77,11 +77,28 @@ def test_reselection_evicts_inside_the_window():
     assert (final < np.array(out.cache_lengths_prefill) + NEW_TOKENS - 1).any()
 
 
+@pytest.mark.parametrize("arch", ["llava", "qwen2_vl"])
+def test_evict_question_engine_matches_reference(models, arch):
+    """The "evict_question" preset as an engine (question-span probes from the runtime, max pooling and protected
+    first / last tokens in the graph): same kept sets, caches, logits and tokens as the reference."""
+    engine = Engine(tiny_engine(arch, "standard", 0.975, preset="evict_question"))
+    assert engine.config.probe_set == "question" and engine.config.protect_last == 32
+    prompts = make_prompts(engine, 2, seed=3)
+    assert all(prompt.pixel_values is not None for prompt in prompts)  # the question span starts after the image
+    report = compare_batch(engine, models[arch], prompts, NEW_TOKENS, TOL)
+    assert report["kept_sets_identical"], report["layers"]
+    assert report["cache_lengths_prefill"]["equal"] and report["retained_identical"], report["cache_lengths_prefill"]
+    assert report["logits"]["passed"] and report["tokens"]["identical"], (report["logits"], report["tokens"])
+    probes = engine.probes(prompts[0]).numpy()
+    image = np.flatnonzero(prompts[0].input_ids == engine.desc["image_token_id"])
+    assert probes[0] == image[-1] + 1 or len(probes) == engine.config.n_probes  # the text after the last image token
+
+
 @pytest.mark.parametrize("ops", ["standard", "plugin"])
 def test_dense_prefill_engine_matches_reference_and_dense_logits(models, ops):
     """The "evict_only" variant as an engine (sparse_prefill=False): the reference with the same config agrees on kept
     sets, caches, logits and tokens, and the prefill's logits are the dense engine's (every token attended)."""
-    engine = Engine(tiny_engine("llava", ops, 0.975, sparse_prefill=False))
+    engine = Engine(tiny_engine("llava", ops, 0.975, preset="evict_only"))
     assert not engine.config.sparse_prefill
     prompts = make_prompts(engine, 2, seed=3)
     report = compare_batch(engine, models["llava"], prompts, NEW_TOKENS, TOL)

@@ -24,8 +24,12 @@ from .wrappers import describe
 log = logging.getLogger(__name__)
 
 OPS = ("standard", "plugin")
-# ZipVLConfig variant fields the engine graphs implement (the rest are reference-only so far)
-ENGINE_VARIANTS = ("sparse_prefill",)
+# ZipVLConfig variant fields the engine graphs implement (the rest are reference-only so far); the probe set is the
+# runtime's (the prefill graph takes the probe positions as an input), pooling and protection are in the graph
+ENGINE_VARIANTS = ("sparse_prefill", "probe_set", "question_tokens", "pool", "pool_kernel", "protect_first",
+                   "protect_last")
+# ... of which the TensorRT plugin lowering (ZipVLTokenSelect implements the paper's rule) has
+PLUGIN_VARIANTS = ("sparse_prefill", "probe_set", "question_tokens")
 PROCESSOR_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "processor_config.json",
                    "preprocessor_config.json", "chat_template.json", "chat_template.jinja", "vocab.json",
                    "merges.txt", "added_tokens.json", "generation_config.json")
@@ -84,6 +88,13 @@ def build_engine(model, out_dir: str | Path, ops: str = "standard", config: ZipV
                               + ", not the ZipVLConfig variant "
                               + ", ".join(f"{k}={v!r}" for k, v in unsupported.items())
                               + "; build with these fields at their defaults")
+    if config.pool == "avg":
+        raise ZipVLInputError("engines implement pool='max' (MaxPool), not 'avg'; build with pool='max' or 'none'")
+    plugin_unsupported = [k for k in config.variants() if k not in PLUGIN_VARIANTS]
+    if ops == "plugin" and plugin_unsupported:
+        raise ZipVLInputError("--ops plugin: ZipVLTokenSelect implements the paper's selection rule, not "
+                              + ", ".join(f"{k}={getattr(config, k)!r}" for k in plugin_unsupported)
+                              + "; build this preset with --ops standard")
     bad = [i for i in config.dense_layers if i >= desc["num_layers"]]
     if bad:
         raise ZipVLInputError(f"dense_layers {bad} out of range: the model has {desc['num_layers']} layers")

@@ -110,6 +110,11 @@ def _vision(model, desc, config, ops):
     return LlavaVisionGraph(model), (pixels,), dyn, ["pixel_values"], ["image_features"], None
 
 
+def prefill_selection(config) -> tuple[int, int, int]:
+    """The selection variants baked into the prefill graph: (max-pool kernel, protect_first, protect_last)."""
+    return (config.pool_kernel if config.pool == "max" else 1, config.protect_first, config.protect_last)
+
+
 def _prefill_taus(desc, config) -> list[float]:
     return [1.0 if i in config.dense_layers else config.tau for i in range(desc["num_layers"])]
 
@@ -126,8 +131,9 @@ def _prefill(model, desc, config, ops):
     lowering = _lowering(ops)[0]
     fn = lowering.plugin_prefill_attention if ops == "plugin" else lowering.standard_prefill_attention
     table = {torch.ops.zipvl.prefill_attention.default: fn}
-    return (PrefillGraph(model, _prefill_taus(desc, config), config.sparse_prefill), (embeds, _positions(desc, 1, n), probes), dyn,
-            ["inputs_embeds", "position_ids", "probes"], outputs, table)
+    graph = PrefillGraph(model, _prefill_taus(desc, config), config.sparse_prefill, prefill_selection(config))
+    return (graph, (embeds, _positions(desc, 1, n), probes), dyn, ["inputs_embeds", "position_ids", "probes"], outputs,
+            table)
 
 
 def _decode(model, desc, config, ops):

@@ -86,10 +86,13 @@ def _causal_gqa(q_rows, k_rows, v_rows, length, h: int, h_kv: int, scaling: floa
 
 
 def standard_prefill_attention(query, key, value, probes, tau: float, sparse: bool, scaling: float, num_heads: int,
-                               num_kv_heads: int, head_dim: int):
+                               num_kv_heads: int, head_dim: int, pool_kernel: int = 1, protect_first: int = 0,
+                               protect_last: int = 0):
     """Standard-op + GroupQueryAttention translation of :func:`zipvl.export.ops.prefill_attention` (B = 1).
 
     query (1, H, n, d), key/value (1, H_kv, n, d), probes (1, m) int32 -> the op's five outputs.
+    ``pool_kernel`` > 1: MaxPool of mass and score before the tau rule; ``protect_first`` / ``protect_last``:
+    always-kept tokens, the tau rule on the rest (:func:`zipvl.reference.variants.keep_set`).
     """
     h, h_kv, d = num_heads, num_kv_heads, head_dim
     g = h // h_kv
@@ -116,19 +119,22 @@ def standard_prefill_attention(query, key, value, probes, tau: float, sparse: bo
     probs = op.Softmax(op.Where(visible, scores, _f32(_NEG_INF)), axis=-1)
     mass = op.ReduceSum(probs, _i64(0, 1, 2), keepdims=0)  # (n,)
 
-    # Step 4: p = smallest count whose descending mass reaches tau * H * m (fp64 cumulative sum, as the reference).
-    desc, _desc_idx = op.TopK(mass, n, axis=-1, largest=1, sorted=1)
-    cumulative = op.CumSum(op.Cast(desc, to=onnx.TensorProto.DOUBLE), op.Constant(value_int=0))
-    total = op.Mul(op.Cast(m, to=onnx.TensorProto.DOUBLE), _f64(tau * h))
-    below = op.ReduceSum(op.Cast(op.Less(cumulative, total), to=_INT64), keepdims=1)
-    count = op.Min(op.Add(below, one), n)  # (1,)
-
-    # Step 5: normalised score a_j / c_j, c_j = H * #(probe rows r >= j); the p best, then ascending positions.
+    # Step 5's score: a_j / c_j, c_j = H * #(probe rows r >= j).
     seen = op.ReduceSum(op.Cast(op.GreaterOrEqual(op.Unsqueeze(pr, one), op.Unsqueeze(pos, zero)), to=_FLOAT),
                         zero, keepdims=0)  # (n,)
     score = op.Div(mass, op.Mul(seen, _f32(h)))
-    _top_val, top = op.TopK(score, count, axis=-1, largest=1, sorted=1)  # ties -> lower index (ONNX spec)
-    idx, _idx_pos = op.TopK(top, count, axis=-1, largest=0, sorted=1)  # (p,) ascending
+    total = op.Mul(op.Cast(m, to=onnx.TensorProto.DOUBLE), _f64(h))  # every probe row of every head sums to 1
+    if pool_kernel > 1:  # variant: count and ranking on max-pooled mass / score, the rule against the pooled total
+        mass, score = _max_pool(mass, pool_kernel), _max_pool(score, pool_kernel)
+        total = op.ReduceSum(op.Cast(mass, to=onnx.TensorProto.DOUBLE), keepdims=0)
+    if protect_first or protect_last:
+        idx, count = _protected_keep(mass, score, pos, n, tau, protect_first, protect_last)
+    else:
+        # Step 4: p = smallest count whose descending mass reaches tau * total (fp64 cumulative sum, as the reference)
+        count = _tau_count(mass, n, op.Mul(total, _f64(tau)))  # (1,)
+        # Step 5: the p best scores, then ascending positions.
+        _top_val, top = op.TopK(score, count, axis=-1, largest=1, sorted=1)  # ties -> lower index (ONNX spec)
+        idx, _idx_pos = op.TopK(top, count, axis=-1, largest=0, sorted=1)  # (p,) ascending
 
     # Step 6: fused causal attention over the p gathered tokens (original order), scattered back; zero elsewhere.
     # Dense prefill (sparse=False): every token attends over all n; the kept set only compacts the cache.
@@ -165,6 +171,37 @@ def standard_decode_attention(query, key, value, past_key, past_value, past_leng
         rows[0], rows[1], rows[2], past_key, past_value, past_length, total, num_heads=h, kv_num_heads=h_kv,
         scale=float(scaling))
     return op.Transpose(op.Reshape(out, _i64(0, 1, h, d)), perm=[0, 2, 1, 3]), present_key, present_value
+
+
+def _tau_count(mass, n, threshold):
+    """Smallest count whose descending-sorted ``mass`` (n,) reaches ``threshold`` (fp64 scalar): (1,) int64."""
+    desc, _desc_idx = op.TopK(mass, n, axis=-1, largest=1, sorted=1)
+    cumulative = op.CumSum(op.Cast(desc, to=onnx.TensorProto.DOUBLE), op.Constant(value_int=0))
+    below = op.ReduceSum(op.Cast(op.Less(cumulative, threshold), to=_INT64), keepdims=1)
+    return op.Min(op.Add(below, _i64(1)), n)
+
+
+def _max_pool(x, kernel: int):
+    """(n,) -> (n,): max over ``kernel`` neighbours, an edge over the ones that exist (MaxPool ignores padding)."""
+    pooled, _indices = op.MaxPool(op.Reshape(x, _i64(1, 1, -1)), kernel_shape=[kernel], strides=[1],
+                                  pads=[kernel // 2, kernel // 2])
+    return op.Reshape(pooled, _i64(-1))
+
+
+def _protected_keep(mass, score, pos, n, tau: float, first: int, last: int):
+    """keep_set with protection: the first / last tokens always, plus the smallest number of the others whose mass
+    reaches tau of theirs, by score -> (ascending kept positions (p,), p (1,))."""
+    protected = op.Or(op.Less(pos, _i64(first)), op.GreaterOrEqual(pos, op.Sub(n, _i64(last))))  # (n,)
+    rest_mass = op.Where(protected, _f32(0.0), mass)
+    rest = op.Sub(n, op.ReduceSum(op.Cast(protected, to=_INT64), keepdims=1))  # (1,) unprotected tokens
+    threshold = op.Mul(op.ReduceSum(op.Cast(rest_mass, to=onnx.TensorProto.DOUBLE), keepdims=0), _f64(tau))
+    chosen = op.Min(_tau_count(rest_mass, n, threshold), rest)
+    _top_val, top = op.TopK(op.Where(protected, _f32(_NEG_INF), score), chosen, axis=-1, largest=1, sorted=1)
+    always = op.Reshape(op.NonZero(protected), _i64(-1))
+    every = op.Concat(always, top, axis=0)
+    count = op.Shape(every)  # (1,)
+    idx, _idx_pos = op.TopK(every, count, axis=-1, largest=0, sorted=1)
+    return idx, count
 
 
 def _i32_scalar(value: int):

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from ..reference.selection import select_tokens
+from ..config import ZipVLConfig
+from ..reference.policy import ZipVLPolicy
+from ..reference.selection import Selection, select_tokens
 from ..reference.sparse import sparse_attention
 
 
@@ -28,6 +30,9 @@ def prefill_attention(
     num_heads: int,
     num_kv_heads: int,
     head_dim: int,
+    pool_kernel: int = 1,
+    protect_first: int = 0,
+    protect_last: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """ZipVL prefill attention for one layer (method steps 1-7).
 
@@ -39,6 +44,9 @@ def prefill_attention(
     tau, scaling : float; num_heads, num_kv_heads, head_dim : int (required, so export never drops them)
     sparse : attention over the kept set only (the paper); False: dense causal attention, the kept set only decides
         the KV compaction (``ZipVLConfig.sparse_prefill=False``, preset "evict_only")
+    pool_kernel : > 1: max-pool mass and score over that many neighbours before the tau rule (``pool="max"``)
+    protect_first, protect_last : always-kept first / last tokens; the tau rule runs on the rest
+        (``ZipVLConfig.protect_first`` / ``protect_last``; preset "evict_question")
 
     Returns
     -------
@@ -47,7 +55,10 @@ def prefill_attention(
     kept_count : (B,) int32
     key_compact, value_compact : (B, H_kv, n, d), first ``kept_count`` entries = K[T] / V[T], rest zero
     """
-    sel = select_tokens(query, key, probes.long(), tau, scaling)
+    if pool_kernel > 1 or protect_first or protect_last:
+        sel = select_variant(query, key, probes.long(), tau, scaling, pool_kernel, protect_first, protect_last)
+    else:
+        sel = select_tokens(query, key, probes.long(), tau, scaling)
     out = sparse_attention(query, key, value, sel.kept if sparse else torch.ones_like(sel.kept), scaling)
     idx = sel.indices(pad=-1)
     count = sel.count
@@ -58,8 +69,18 @@ def prefill_attention(
     return out, idx.to(torch.int32), count.to(torch.int32), kc, vc
 
 
+def select_variant(query, key, probes, tau: float, scaling: float, pool_kernel: int, protect_first: int,
+                   protect_last: int) -> Selection:
+    """The reference policy's own selection (:class:`zipvl.reference.policy.ZipVLPolicy`) with max pooling and
+    protected first / last tokens, on the given probes (the runtime computes them, as for the paper's)."""
+    config = ZipVLConfig(tau=tau, pool="max" if pool_kernel > 1 else "none", pool_kernel=max(1, pool_kernel),
+                         protect_first=protect_first, protect_last=protect_last)
+    return ZipVLPolicy(config).select_on(query, key, probes, scaling)
+
+
 @prefill_attention.register_fake
-def _(query, key, value, probes, tau, sparse, scaling, num_heads, num_kv_heads, head_dim):
+def _(query, key, value, probes, tau, sparse, scaling, num_heads, num_kv_heads, head_dim, pool_kernel=1,
+      protect_first=0, protect_last=0):
     b, _, n, _ = query.shape
     return (
         torch.empty_like(query),

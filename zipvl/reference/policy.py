@@ -18,7 +18,7 @@ import torch
 from ..config import ZipVLConfig
 from ..errors import ZipVLConfigError
 from .selection import Selection, probe_positions, score_tokens, top_by_score
-from .variants import keep_set, pool_tokens, protected_tokens, span_probes
+from .variants import keep_set, pooled_rule, protected_tokens, span_probes
 
 
 class SectionTimer:
@@ -101,25 +101,27 @@ class ZipVLPolicy(TokenPolicy):
 
     def select(self, query, key, scaling, ctx):
         cfg = self.config
-        b, h, n, _ = query.shape
+        n = query.shape[2]
         image = ctx.extras.get("image_mask")
-        if cfg.probe_set == "paper":
-            probes = self.probes(n, query.device)
-        else:
-            probes = span_probes(n, cfg, image).to(query.device)
-        with ctx.timer.section("probe", query.device):
+        probes = self.probes(n, query.device) if cfg.probe_set == "paper" else \
+            span_probes(n, cfg, image).to(query.device)
+        ratio = cfg.layer_floor(ctx.layer_idx, ctx.num_layers)
+        return self.select_on(query, key, probes, scaling, image, kept_budget(n, ratio) if ratio > 0 else 0,
+                              ctx.timer)
+
+    def select_on(self, query, key, probes, scaling, image=None, floor: int = 0, timer=None) -> Selection:
+        """The selection for given probe positions (an engine gets them as a graph input): scores, per-head
+        reduction, pooling, protected tokens and ``floor``, the kept set (and the eviction's, with tau_evict)."""
+        cfg = self.config
+        timer = timer or NullTimer()
+        b, h, n, _ = query.shape
+        with timer.section("probe", query.device):
             mass, score = score_tokens(query, key, probes, scaling, cfg.head_reduce)
-        with ctx.timer.section("select", query.device):
+        with timer.section("select", query.device):
             # Every probe row of every head sums to 1 (total H * m); a max over heads has no such closed form.
             total = float(h * probes.shape[-1]) if cfg.head_reduce == "sum" else mass.double().sum(dim=-1)
-            rule_mass = mass
-            if cfg.pool != "none" and cfg.pool_kernel > 1:  # before the tau rule: count and ranking both pooled
-                rule_mass = pool_tokens(mass, cfg.pool, cfg.pool_kernel)
-                score = pool_tokens(score, cfg.pool, cfg.pool_kernel)
-                total = rule_mass.double().sum(dim=-1)
+            rule_mass, score, total = pooled_rule(mass, score, total, cfg.pool, cfg.pool_kernel)
             protected = protected_tokens(b, n, cfg, image, query.device)
-            ratio = cfg.layer_floor(ctx.layer_idx, ctx.num_layers)
-            floor = kept_budget(n, ratio) if ratio > 0 else 0
             kept, count = keep_set(rule_mass, score, cfg.tau, total, protected, floor)
             evict = None
             if cfg.evict_tau != cfg.tau:  # same score, larger count: a superset of the attention's set

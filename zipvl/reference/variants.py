@@ -47,6 +47,15 @@ def pool_tokens(x: torch.Tensor, pool: str, kernel: int) -> torch.Tensor:
     return F.avg_pool1d(x[:, None], kernel, stride=1, padding=kernel // 2, count_include_pad=False)[:, 0]
 
 
+def pooled_rule(mass: torch.Tensor, score: torch.Tensor, total, pool: str, kernel: int):
+    """Pooling before the tau rule: -> (rule mass, score, total). Count and ranking are both pooled, and the tau rule
+    then runs against the pooled mass's own total; without pooling everything comes back as given."""
+    if pool == "none" or kernel <= 1:
+        return mass, score, total
+    rule = pool_tokens(mass, pool, kernel)
+    return rule, pool_tokens(score, pool, kernel), rule.double().sum(dim=-1)
+
+
 def protected_tokens(b: int, n: int, config: ZipVLConfig, image_mask: torch.Tensor | None, device) -> torch.Tensor | None:
     """(B, n) bool of the always-kept tokens (first ``protect_first``, last ``protect_last``, text tokens with
     ``protect_text``), or None when nothing is protected."""

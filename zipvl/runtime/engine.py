@@ -14,6 +14,7 @@ from ..config import ZipVLConfig
 from ..errors import ZipVLInputError
 from ..reference.selection import probe_positions
 from ..reference.stats import ForwardStats, LayerStats, causal_attention_flops, probe_flops
+from ..reference.variants import span_probes
 from .errors import EngineLimitError
 from .kv_cache import KVCache
 from .manifest import load_manifest
@@ -94,7 +95,7 @@ class Engine:
         if n < 1:
             raise ZipVLInputError("empty prompt")
         embeds, positions, delta = prepare(self.desc, self.embed, self.vision, prompt, self.newline)
-        probes = probe_positions(n, self.config).numpy().astype(np.int32)[None]
+        probes = self.probes(prompt).numpy().astype(np.int32)[None]
         outs = self.prefill_session.run(None, {"inputs_embeds": embeds, "position_ids": positions, "probes": probes})
         counts, indices, keys, values = [], [], [], []
         for i in range(self.num_layers):
@@ -104,6 +105,19 @@ class Engine:
             keys.append(k[0])
             values.append(v[0])
         return PrefillResult(n, outs[0][0], counts, indices, keys, values, delta)
+
+    def probes(self, prompt: Prompt):
+        """The prompt's probe positions, as the reference policy picks them (the prefill graph takes them as input):
+        the paper's seeded recent + random set, or a trailing span (probe_set "recent" / "question", the question
+        being the text after the last image token)."""
+        n = len(prompt.input_ids)
+        if self.config.probe_set == "paper":
+            return probe_positions(n, self.config)
+        image = self.desc.get("image_token_id")
+        import torch
+
+        mask = np.asarray(prompt.input_ids) == (-1 if image is None else image)
+        return span_probes(n, self.config, torch.from_numpy(mask)[None])
 
     # ---------------------------------------------------------------- generate
     def check_request(self, prompts: list[Prompt], max_new_tokens: int) -> None:

@@ -105,6 +105,9 @@ def run_reference(model, prompts: list[Prompt], desc: dict, config: ZipVLConfig,
 
     policy = RecordingPolicy(config, forced)
     state = enable(model, policy=policy)
+    inputs = batch_inputs(model, prompts, desc)
+    image = desc.get("image_token_id")  # the question-span probes and protect_text need it; all False without images
+    state.extras["image_mask"] = inputs["input_ids"] == (-1 if image is None else image)
     saved_eos = model.generation_config.eos_token_id
     model.generation_config.eos_token_id = None  # generate would otherwise merge the model's EOS back in
     try:
@@ -112,7 +115,7 @@ def run_reference(model, prompts: list[Prompt], desc: dict, config: ZipVLConfig,
         gen = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=None,
                                pad_token_id=desc.get("pad_token_id") or 0, output_logits=True,
                                return_dict_in_generate=True)
-        out = model.generate(**batch_inputs(model, prompts, desc), generation_config=gen,
+        out = model.generate(**inputs, generation_config=gen,
                              **cache_kwargs(model, cache))
     finally:
         model.generation_config.eos_token_id = saved_eos

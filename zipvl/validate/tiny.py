@@ -41,16 +41,26 @@ def tiny_model_dir(arch: str) -> Path:
     return path
 
 
-def tiny_engine(arch: str, ops: str = "standard", tau: float = 0.975, sparse_prefill: bool = True) -> Path:
-    """Engine directory for the tiny ``arch`` model (built on first request); ``sparse_prefill=False``: the
-    "evict_only" variant (dense prefill attention, the kept set compacts the cache)."""
+def tiny_engine(arch: str, ops: str = "standard", tau: float = 0.975, preset: str = "paper") -> Path:
+    """Engine directory for the tiny ``arch`` model (built on first request), with the selection variants of a
+    ``ZipVLConfig`` preset (e.g. "evict_only": dense prefill attention, the kept set compacts the cache)."""
     from dataclasses import replace
 
+    from ..config import ZipVLConfig
     from ..export.build import build_engine, load_model
 
-    path = root() / "engines" / (f"{arch}-{ops}-{tau}" + ("" if sparse_prefill else "-dense-prefill"))
+    path = root() / "engines" / (f"{arch}-{ops}-{tau}" + ("" if preset == "paper" else f"-{preset}"))
     if (path / "manifest.json").is_file():
         return path
+    base = root() / "engines" / f"{arch}-standard-0.975"
+    reuse = None
+    if path != base:  # the full build once; variants export only their prefill (and, per ops, decode) graph
+        reuse = tiny_engine(arch, ops) if ops != "standard" and tau != 0.975 else tiny_engine(arch)
+    model, source = load_model(tiny_model_dir(arch))
+    config = replace(tiny_config(tau), **ZipVLConfig.preset(preset).variants())
+    build_engine(model, path, ops=ops, config=config, max_batch=4, max_sequence=MAX_SEQUENCE,
+                 source_dir=source, reuse=reuse, progress=False)
+    return path
     base = root() / "engines" / f"{arch}-standard-0.975"
     reuse = None
     if path != base:  # the full build once; variants export only their prefill (and, per ops, decode) graph
