@@ -73,7 +73,7 @@ class ZipVLConfig:
     """
 
     # The selection study (docs/selection-study.md): the variant that keeps dense's answers best at equal kept ratio.
-    RECOMMENDED: ClassVar[str] = "evict_only"
+    RECOMMENDED: ClassVar[str] = "evict_question"
 
     tau: float = 0.975
     n_recent: int = 64
@@ -223,10 +223,10 @@ PRESETS: dict[str, tuple[str, dict]] = {
     # dense prefill + a SnapKV-like score under the tau count (the study's next lever: rank by what the question needs)
     "evict_pooled": ("dense prefill; eviction by ZipVL's tau rule on the max-pooled (k=5) probe score",
                      {"sparse_prefill": False, "pool": "max", "pool_kernel": 5}),
-    "evict_question": ("dense prefill; eviction by the tau rule on the question span's max-pooled (k=5) score, "
-                       "first 4 and last 32 tokens kept", {"sparse_prefill": False, "probe_set": "question",
-                                                           "pool": "max", "pool_kernel": 5, "protect_first": 4,
-                                                           "protect_last": 32}),
+    "evict_question": (("dense prefill; eviction by the tau rule on the question span's max-pooled (k=5) score, "
+                        "first 4 and last 32 tokens kept"),
+                       {"sparse_prefill": False, "probe_set": "question", "pool": "max", "pool_kernel": 5,
+                        "protect_first": 4, "protect_last": 32}),
     "safe_evict": ("sparse prefill at tau, KV eviction at the stricter tau_evict = 0.99", {"tau_evict": 0.99}),
     "max_heads": ("one set per layer by max over query heads (a token any head needs) instead of the sum",
                   {"head_reduce": "max"}),

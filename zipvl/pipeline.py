@@ -70,6 +70,8 @@ def generate(model, processor, inputs, max_new_tokens: int = 32, config: ZipVLCo
         raise ZipVLInputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     tokenizer = getattr(processor, "tokenizer", processor)
     state = enable(model, config) if config is not None else None
+    if state is not None:
+        state.mark_images(inputs["input_ids"])
     label = progress if isinstance(progress, str) else ("zipvl" if config else "dense")
     bar = tqdm(total=max_new_tokens, desc=label, unit="tok", leave=False) if progress else None
     try:

@@ -100,8 +100,7 @@ def run_prompt(model, inputs: dict, policy: TokenPolicy | None, max_new_tokens: 
     state = None
     if policy is not None:
         state = enable(model, policy=policy)
-        image_id = image_token_id(model)  # text-only models: no image token, an all-False mask (variants need one)
-        state.extras["image_mask"] = inputs["input_ids"] == (image_id if image_id is not None else -1)
+        state.mark_images(inputs["input_ids"])
     try:
         cache = ZipVLCache() if policy is not None else DynamicCache()
         start = time.perf_counter()

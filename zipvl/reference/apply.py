@@ -17,7 +17,7 @@ from ..config import ZipVLConfig
 from ..errors import UnsupportedModelError, ZipVLInputError, ZipVLIntegrationError
 from .attention import ATTENTION_NAME, zipvl_attention
 from .cache import ZipVLCache
-from .hf_compat import TRANSFORMERS_VERSION, cache_argument, output_cache, pop_cache
+from .hf_compat import TRANSFORMERS_VERSION, cache_argument, image_token_id, output_cache, pop_cache
 from .policy import NullTimer, SectionTimer, TokenPolicy, ZipVLPolicy
 from .stats import ForwardStats, LayerStats
 
@@ -61,6 +61,12 @@ class ZipVLState:
     @property
     def config(self) -> ZipVLConfig:
         return self.policy.config
+
+    def mark_images(self, input_ids: torch.Tensor) -> None:
+        """``extras["image_mask"]`` for the next forward: which of ``input_ids`` (B, n) are image tokens (all False
+        for a text-only model). The question-span probes and ``protect_text`` read it."""
+        image = image_token_id(self.model)
+        self.extras["image_mask"] = input_ids == (-1 if image is None else image)
 
     def record(self, stats: LayerStats) -> None:
         if self._current is not None:

@@ -32,8 +32,7 @@ GAUGES = {
     "zipvl_mean_kept_ratio": ("mean_kept_ratio", "mean prefill kept ratio over layers of running requests"),
     "zipvl_requests_completed": ("completed", "requests finished since start (any reason)"),
     "zipvl_requests_cancelled": ("cancelled", "requests cancelled since start (client gone)"),
-    "zipvl_process_rss_bytes": ("rss_bytes", "resident memory of this instance's process (memory back to baseline "
-                                             "after load)"),
+    "zipvl_process_rss_bytes": ("rss_bytes", "resident memory of this instance's process (baseline after a load)"),
 }
 
 

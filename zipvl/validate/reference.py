@@ -106,8 +106,7 @@ def run_reference(model, prompts: list[Prompt], desc: dict, config: ZipVLConfig,
     policy = RecordingPolicy(config, forced)
     state = enable(model, policy=policy)
     inputs = batch_inputs(model, prompts, desc)
-    image = desc.get("image_token_id")  # the question-span probes and protect_text need it; all False without images
-    state.extras["image_mask"] = inputs["input_ids"] == (-1 if image is None else image)
+    state.mark_images(inputs["input_ids"])
     saved_eos = model.generation_config.eos_token_id
     model.generation_config.eos_token_id = None  # generate would otherwise merge the model's EOS back in
     try:

@@ -61,12 +61,3 @@ def tiny_engine(arch: str, ops: str = "standard", tau: float = 0.975, preset: st
     build_engine(model, path, ops=ops, config=config, max_batch=4, max_sequence=MAX_SEQUENCE,
                  source_dir=source, reuse=reuse, progress=False)
     return path
-    base = root() / "engines" / f"{arch}-standard-0.975"
-    reuse = None
-    if path != base:  # the full build once; variants export only their prefill (and, per ops, decode) graph
-        reuse = tiny_engine(arch, ops) if ops != "standard" and tau != 0.975 else tiny_engine(arch)
-    model, source = load_model(tiny_model_dir(arch))
-    config = replace(tiny_config(tau), sparse_prefill=sparse_prefill)
-    build_engine(model, path, ops=ops, config=config, max_batch=4, max_sequence=MAX_SEQUENCE,
-                 source_dir=source, reuse=reuse, progress=False)
-    return path
