@@ -200,7 +200,8 @@ class ZipVLConfig:
         return {name: desc for name, (desc, _) in PRESETS.items()}
 
 
-# Fields that change the selection away from the paper's method (zipvl-build cannot express them yet).
+# Fields that change the selection away from the paper's method (zipvl.export.build.ENGINE_VARIANTS: what engines
+# implement).
 VARIANT_FIELDS = ("probe_set", "question_tokens", "pool", "pool_kernel", "protect_first", "protect_last",
                   "protect_text", "head_reduce", "sparse_prefill", "tau_evict", "min_ratio")
 
@@ -227,6 +228,10 @@ PRESETS: dict[str, tuple[str, dict]] = {
                         "first 4 and last 32 tokens kept"),
                        {"sparse_prefill": False, "probe_set": "question", "pool": "max", "pool_kernel": 5,
                         "protect_first": 4, "protect_last": 32}),
+    "evict_question_heads": (("evict_question, with the score reduced by max over query heads (a token any head "
+                              "needs) instead of the sum"),
+                             {"sparse_prefill": False, "probe_set": "question", "pool": "max", "pool_kernel": 5,
+                              "protect_first": 4, "protect_last": 32, "head_reduce": "max"}),
     "safe_evict": ("sparse prefill at tau, KV eviction at the stricter tau_evict = 0.99", {"tau_evict": 0.99}),
     "max_heads": ("one set per layer by max over query heads (a token any head needs) instead of the sum",
                   {"head_reduce": "max"}),

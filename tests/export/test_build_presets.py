@@ -11,9 +11,9 @@ from zipvl.validate.tiny import tiny_engine, tiny_model_dir
 
 
 def test_preset_needing_an_unexported_variant_is_one_clear_error(capsys):
-    rc = main([str(tiny_model_dir("llava")), "-o", "/tmp/never-written", "--preset", "max_heads", "--jobs", "1"])
+    rc = main([str(tiny_model_dir("llava")), "-o", "/tmp/never-written", "--preset", "safe_evict", "--jobs", "1"])
     err = capsys.readouterr().err
-    assert rc == 2 and "head_reduce='max'" in err and "sparse_prefill" in err and "Traceback" not in err
+    assert rc == 2 and "tau_evict=0.99" in err and "sparse_prefill" in err and "Traceback" not in err
 
 
 def test_plugin_ops_refuse_a_selection_the_plugin_lacks(capsys):

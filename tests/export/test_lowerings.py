@@ -50,9 +50,12 @@ def _export(tmp_path, tau, fn, name, opset=18, sparse=True, selection=(1, 0, 0))
 
 # (tau, sparse): a dense layer, the paper's sparse prefill, and dense prefill + eviction (preset "evict_only")
 VARIANTS = [(1.0, True), (0.9, True), (0.9, False)]
-# (tau, sparse, (max-pool kernel, protect_first, protect_last)): the selection variants the standard lowering adds
-# - pooled, protected, and both under dense prefill (preset "evict_question")
-SELECTION_VARIANTS = [(0.9, True, (5, 0, 0)), (0.9, True, (1, 3, 6)), (0.9, False, (5, 2, 4))]
+# (tau, sparse, (max-pool kernel, protect_first, protect_last, head max, floor ratio)): the selection variants the
+# standard lowering adds - pooled, protected, both under dense prefill (preset "evict_question"), max over heads, a
+# kept-ratio floor that binds (tau 0.5 keeps fewer), and everything at once
+SELECTION_VARIANTS = [(0.9, True, (5, 0, 0, False, 0.0)), (0.9, True, (1, 3, 6, False, 0.0)),
+                      (0.9, False, (5, 2, 4, False, 0.0)), (0.9, True, (1, 0, 0, True, 0.0)),
+                      (0.5, True, (1, 0, 0, False, 0.6)), (0.5, False, (5, 2, 4, True, 0.7))]
 
 
 @pytest.fixture(scope="module", params=[(*v, (1, 0, 0)) for v in VARIANTS] + SELECTION_VARIANTS)
@@ -87,6 +90,11 @@ def _check(session, tau, sparse, n, seed, selection=(1, 0, 0)):
 def test_standard_lowering_matches_reference(standard, n, seed):
     tau, sparse, selection, path = standard
     _check(create_session(path), tau, sparse, n, seed, selection)
+    if len(selection) == 5 and selection[4] > 0:  # the floor is what the engine keeps at least
+        q, k, v, probes = _inputs(n, seed)
+        got = create_session(path).run(None, {"query": q.numpy(), "key": k.numpy(), "value": v.numpy(),
+                                              "probes": probes.numpy()})
+        assert int(got[2][0]) >= np.ceil(selection[4] * n - 1e-9)
 
 
 def test_standard_lowering_fuses_every_attention(standard):

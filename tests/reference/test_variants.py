@@ -73,8 +73,8 @@ def test_bad_variant_field_raises_one_clear_error(kwargs, needle):
 def test_export_rejects_variants_by_name(tmp_path):
     from zipvl.export.build import build_engine
 
-    with pytest.raises(ZipVLInputError, match="head_reduce='max'"):
-        build_engine(tiny_model("llama", num_layers=1), tmp_path, config=ZipVLConfig(head_reduce="max"),
+    with pytest.raises(ZipVLInputError, match="tau_evict=0.99"):
+        build_engine(tiny_model("llama", num_layers=1), tmp_path, config=ZipVLConfig(tau_evict=0.99),
                      progress=False)
     with pytest.raises(ZipVLInputError, match="pool='max'"):  # the standard lowering pools with MaxPool only
         build_engine(tiny_model("llama", num_layers=1), tmp_path, config=ZipVLConfig(pool="avg"), progress=False)

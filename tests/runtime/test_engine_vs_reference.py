@@ -94,6 +94,21 @@ def test_evict_question_engine_matches_reference(models, arch):
     assert probes[0] == image[-1] + 1 or len(probes) == engine.config.n_probes  # the text after the last image token
 
 
+@pytest.mark.parametrize("preset,tau", [("max_heads", 0.975), ("floored", 0.3), ("evict_question_heads", 0.975)])
+def test_head_max_and_floor_engines_match_reference(models, preset, tau):
+    """Max over heads and the per-layer kept-ratio floor in the graph (presets "max_heads", "floored" - at a strict
+    tau so the floor binds - and their mix with evict_question): same kept sets, caches, logits and tokens."""
+    engine = Engine(tiny_engine("llava", "standard", tau, preset=preset))
+    prompts = make_prompts(engine, 2, seed=5)
+    report = compare_batch(engine, models["llava"], prompts, NEW_TOKENS, TOL)
+    assert report["kept_sets_identical"], report["layers"]
+    assert report["cache_lengths_prefill"]["equal"] and report["retained_identical"], report["cache_lengths_prefill"]
+    assert report["logits"]["passed"] and report["tokens"]["identical"], (report["logits"], report["tokens"])
+    if preset == "floored":
+        floor = engine.config.min_ratio
+        assert all(c >= np.ceil(floor * len(p.input_ids) - 1e-9) for p in prompts for c in engine.prefill(p).counts)
+
+
 @pytest.mark.parametrize("ops", ["standard", "plugin"])
 def test_dense_prefill_engine_matches_reference_and_dense_logits(models, ops):
     """The "evict_only" variant as an engine (sparse_prefill=False): the reference with the same config agrees on kept

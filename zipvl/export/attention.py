@@ -34,7 +34,8 @@ class ExportContext:
     probes: torch.Tensor | None = None  # (1, m) int32
     taus: list[float] = field(default_factory=list)  # per layer; 1.0 = dense layer
     sparse_prefill: bool = True  # False: dense attention, the kept set only compacts the cache
-    selection: tuple[int, int, int] = (1, 0, 0)  # (max-pool kernel, protect_first, protect_last); paper: (1, 0, 0)
+    selection: dict = field(default_factory=dict)  # the op's variant attributes (graphs.prefill_selection); paper: {}
+    floors: list[float] = field(default_factory=list)  # per layer: min kept ratio (ZipVLConfig.min_ratio); [] = none
     past: dict = field(default_factory=dict)  # layer -> (key (B,H_kv,C,d), value, length (B,) int32)
     outputs: dict = field(default_factory=dict)  # layer -> tuple of tensors
 
@@ -65,7 +66,7 @@ def prefill_export_attention(module, query, key, value, attention_mask, scaling=
     scale = float(d**-0.5 if scaling is None else scaling)
     out, kept, count, kc, vc = torch.ops.zipvl.prefill_attention(
         query, key, value, ctx.probes, float(ctx.taus[i]), bool(ctx.sparse_prefill), scale, int(h),
-        int(key.shape[1]), int(d), *(int(x) for x in ctx.selection)
+        int(key.shape[1]), int(d), **ctx.selection, **({"floor_ratio": float(ctx.floors[i])} if ctx.floors else {})
     )
     ctx.outputs[i] = (kc, vc, count, kept)
     return out.transpose(1, 2).contiguous(), None

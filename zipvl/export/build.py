@@ -27,7 +27,7 @@ OPS = ("standard", "plugin")
 # ZipVLConfig variant fields the engine graphs implement (the rest are reference-only so far); the probe set is the
 # runtime's (the prefill graph takes the probe positions as an input), pooling and protection are in the graph
 ENGINE_VARIANTS = ("sparse_prefill", "probe_set", "question_tokens", "pool", "pool_kernel", "protect_first",
-                   "protect_last")
+                   "protect_last", "head_reduce", "min_ratio")
 # ... of which the TensorRT plugin lowering (ZipVLTokenSelect implements the paper's rule) has
 PLUGIN_VARIANTS = ("sparse_prefill", "probe_set", "question_tokens")
 PROCESSOR_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "processor_config.json",

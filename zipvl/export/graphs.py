@@ -110,9 +110,19 @@ def _vision(model, desc, config, ops):
     return LlavaVisionGraph(model), (pixels,), dyn, ["pixel_values"], ["image_features"], None
 
 
-def prefill_selection(config) -> tuple[int, int, int]:
-    """The selection variants baked into the prefill graph: (max-pool kernel, protect_first, protect_last)."""
-    return (config.pool_kernel if config.pool == "max" else 1, config.protect_first, config.protect_last)
+def prefill_selection(config) -> dict:
+    """The selection variants baked into every layer of the prefill graph, as the op's attributes (only those set
+    away from the paper's rule, so a paper engine's graph is what it always was)."""
+    attrs = {"pool_kernel": config.pool_kernel if config.pool == "max" else 1, "protect_first": config.protect_first,
+             "protect_last": config.protect_last, "head_max": config.head_reduce == "max"}
+    defaults = {"pool_kernel": 1, "protect_first": 0, "protect_last": 0, "head_max": False}
+    return {k: v for k, v in attrs.items() if v != defaults[k]}
+
+
+def prefill_floors(desc, config) -> list[float]:
+    """Per-layer kept-ratio floors (``min_ratio``); [] when none is set."""
+    floors = [config.layer_floor(i, desc["num_layers"]) for i in range(desc["num_layers"])]
+    return floors if any(floors) else []
 
 
 def _prefill_taus(desc, config) -> list[float]:
@@ -131,7 +141,8 @@ def _prefill(model, desc, config, ops):
     lowering = _lowering(ops)[0]
     fn = lowering.plugin_prefill_attention if ops == "plugin" else lowering.standard_prefill_attention
     table = {torch.ops.zipvl.prefill_attention.default: fn}
-    graph = PrefillGraph(model, _prefill_taus(desc, config), config.sparse_prefill, prefill_selection(config))
+    graph = PrefillGraph(model, _prefill_taus(desc, config), config.sparse_prefill, prefill_selection(config),
+                         prefill_floors(desc, config))
     return (graph, (embeds, _positions(desc, 1, n), probes), dyn, ["inputs_embeds", "position_ids", "probes"], outputs,
             table)
 

@@ -68,11 +68,12 @@ def _i64(*values):
 
 def plugin_prefill_attention(query, key, value, probes, tau: float, sparse: bool, scaling: float, num_heads: int,
                              num_kv_heads: int, head_dim: int, pool_kernel: int = 1, protect_first: int = 0,
-                             protect_last: int = 0):
+                             protect_last: int = 0, head_max: bool = False, floor_ratio: float = 0.0):
     """TensorRT translation of :func:`zipvl.export.ops.prefill_attention` (B = 1): ZipVLTokenSelect + Attention.
     The plugin implements the paper's rule: pooling and protected tokens are refused up front by zipvl-build."""
-    if pool_kernel > 1 or protect_first or protect_last:
-        raise ValueError("ZipVLTokenSelect has no pooling / protected tokens (zipvl-build checks this first)")
+    if pool_kernel > 1 or protect_first or protect_last or head_max or floor_ratio:
+        raise ValueError("ZipVLTokenSelect has no pooling / protected tokens / head max / floor "
+                         "(zipvl-build checks this first)")
     zero, one = _i64(0), _i64(1)
     n = op.Shape(key, start=2, end=3)  # (1,)
     if tau >= 1.0:  # a dense layer: one fused causal attention, every token kept

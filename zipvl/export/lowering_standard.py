@@ -87,12 +87,13 @@ def _causal_gqa(q_rows, k_rows, v_rows, length, h: int, h_kv: int, scaling: floa
 
 def standard_prefill_attention(query, key, value, probes, tau: float, sparse: bool, scaling: float, num_heads: int,
                                num_kv_heads: int, head_dim: int, pool_kernel: int = 1, protect_first: int = 0,
-                               protect_last: int = 0):
+                               protect_last: int = 0, head_max: bool = False, floor_ratio: float = 0.0):
     """Standard-op + GroupQueryAttention translation of :func:`zipvl.export.ops.prefill_attention` (B = 1).
 
     query (1, H, n, d), key/value (1, H_kv, n, d), probes (1, m) int32 -> the op's five outputs.
     ``pool_kernel`` > 1: MaxPool of mass and score before the tau rule; ``protect_first`` / ``protect_last``:
-    always-kept tokens, the tau rule on the rest (:func:`zipvl.reference.variants.keep_set`).
+    always-kept tokens, the tau rule on the rest (:func:`zipvl.reference.variants.keep_set`); ``head_max``: the
+    mass is the max over query heads; ``floor_ratio`` > 0: at least ceil(floor_ratio * n) tokens kept.
     """
     h, h_kv, d = num_heads, num_kv_heads, head_dim
     g = h // h_kv
@@ -117,21 +118,28 @@ def standard_prefill_attention(query, key, value, probes, tau: float, sparse: bo
     scores = op.Mul(op.MatMul(qp, kt), _f32(scaling))
     visible = op.LessOrEqual(op.Unsqueeze(pos, zero), op.Unsqueeze(pr, one))  # (m, n): key j <= probe row r
     probs = op.Softmax(op.Where(visible, scores, _f32(_NEG_INF)), axis=-1)
-    mass = op.ReduceSum(probs, _i64(0, 1, 2), keepdims=0)  # (n,)
-
     # Step 5's score: a_j / c_j, c_j = H * #(probe rows r >= j).
     seen = op.ReduceSum(op.Cast(op.GreaterOrEqual(op.Unsqueeze(pr, one), op.Unsqueeze(pos, zero)), to=_FLOAT),
                         zero, keepdims=0)  # (n,)
-    score = op.Div(mass, op.Mul(seen, _f32(h)))
-    total = op.Mul(op.Cast(m, to=onnx.TensorProto.DOUBLE), _f64(h))  # every probe row of every head sums to 1
+    if head_max:  # variant: each head's sum over its probe rows, the max over heads; normalised by c_j / H
+        mass = op.ReduceMax(op.ReduceSum(probs, _i64(2), keepdims=0), _i64(0, 1), keepdims=0)  # (n,)
+        score = op.Div(mass, seen)
+        total = op.ReduceSum(op.Cast(mass, to=onnx.TensorProto.DOUBLE), keepdims=0)
+    else:
+        mass = op.ReduceSum(probs, _i64(0, 1, 2), keepdims=0)  # (n,)
+        score = op.Div(mass, op.Mul(seen, _f32(h)))
+        total = op.Mul(op.Cast(m, to=onnx.TensorProto.DOUBLE), _f64(h))  # every probe row of every head sums to 1
     if pool_kernel > 1:  # variant: count and ranking on max-pooled mass / score, the rule against the pooled total
         mass, score = _max_pool(mass, pool_kernel), _max_pool(score, pool_kernel)
         total = op.ReduceSum(op.Cast(mass, to=onnx.TensorProto.DOUBLE), keepdims=0)
+    floor = _floor_count(n, floor_ratio) if floor_ratio > 0 else None
     if protect_first or protect_last:
-        idx, count = _protected_keep(mass, score, pos, n, tau, protect_first, protect_last)
+        idx, count = _protected_keep(mass, score, pos, n, tau, protect_first, protect_last, floor)
     else:
         # Step 4: p = smallest count whose descending mass reaches tau * total (fp64 cumulative sum, as the reference)
         count = _tau_count(mass, n, op.Mul(total, _f64(tau)))  # (1,)
+        if floor is not None:
+            count = op.Max(count, floor)
         # Step 5: the p best scores, then ascending positions.
         _top_val, top = op.TopK(score, count, axis=-1, largest=1, sorted=1)  # ties -> lower index (ONNX spec)
         idx, _idx_pos = op.TopK(top, count, axis=-1, largest=0, sorted=1)  # (p,) ascending
@@ -188,14 +196,22 @@ def _max_pool(x, kernel: int):
     return op.Reshape(pooled, _i64(-1))
 
 
-def _protected_keep(mass, score, pos, n, tau: float, first: int, last: int):
+def _floor_count(n, ratio: float):
+    """kept_budget(n, ratio) = clamp(ceil(ratio * n - 1e-9), 1, n): (1,) int64, in fp64 as the reference."""
+    want = op.Ceil(op.Sub(op.Mul(op.Cast(n, to=onnx.TensorProto.DOUBLE), _f64(ratio)), _f64(1e-9)))
+    return op.Min(op.Max(op.Cast(want, to=_INT64), _i64(1)), n)
+
+
+def _protected_keep(mass, score, pos, n, tau: float, first: int, last: int, floor=None):
     """keep_set with protection: the first / last tokens always, plus the smallest number of the others whose mass
-    reaches tau of theirs, by score -> (ascending kept positions (p,), p (1,))."""
+    reaches tau of theirs (at least ``floor`` tokens in all), by score -> (ascending kept positions (p,), p (1,))."""
     protected = op.Or(op.Less(pos, _i64(first)), op.GreaterOrEqual(pos, op.Sub(n, _i64(last))))  # (n,)
     rest_mass = op.Where(protected, _f32(0.0), mass)
     rest = op.Sub(n, op.ReduceSum(op.Cast(protected, to=_INT64), keepdims=1))  # (1,) unprotected tokens
     threshold = op.Mul(op.ReduceSum(op.Cast(rest_mass, to=onnx.TensorProto.DOUBLE), keepdims=0), _f64(tau))
     chosen = op.Min(_tau_count(rest_mass, n, threshold), rest)
+    if floor is not None:  # floor - protected <= rest, so the top-k below never reaches a protected token
+        chosen = op.Max(chosen, op.Max(op.Sub(floor, op.Sub(n, rest)), _i64(0)))
     _top_val, top = op.TopK(op.Where(protected, _f32(_NEG_INF), score), chosen, axis=-1, largest=1, sorted=1)
     always = op.Reshape(op.NonZero(protected), _i64(-1))
     every = op.Concat(always, top, axis=0)

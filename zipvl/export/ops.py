@@ -2,7 +2,7 @@
 """The export boundaries: ZipVL prefill attention (``zipvl::prefill_attention``) and one decode step's attention
 over the runtime's cache buffer (``zipvl::decode_attention``), each one PyTorch custom op.
 
-Eager bodies are the reference (:func:`zipvl.select_tokens` + :func:`zipvl.sparse_attention`; plain masked attention
+Eager bodies are the reference (:meth:`ZipVLPolicy.select_on` + :func:`zipvl.sparse_attention`; plain masked attention
 for decode); fakes return fixed-capacity outputs (capacity n or C, plus explicit counts / lengths), so no output shape
 depends on the data. The ONNX exporter replaces each op by one of the two lowerings (:mod:`.lowering_standard`:
 ``com.microsoft.GroupQueryAttention``, :mod:`.lowering_plugin`: ONNX ``Attention``), both fused attention nodes.
@@ -13,8 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..config import ZipVLConfig
-from ..reference.policy import ZipVLPolicy
-from ..reference.selection import Selection, select_tokens
+from ..reference.policy import ZipVLPolicy, kept_budget
 from ..reference.sparse import sparse_attention
 
 
@@ -33,6 +32,8 @@ def prefill_attention(
     pool_kernel: int = 1,
     protect_first: int = 0,
     protect_last: int = 0,
+    head_max: bool = False,
+    floor_ratio: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """ZipVL prefill attention for one layer (method steps 1-7).
 
@@ -47,6 +48,8 @@ def prefill_attention(
     pool_kernel : > 1: max-pool mass and score over that many neighbours before the tau rule (``pool="max"``)
     protect_first, protect_last : always-kept first / last tokens; the tau rule runs on the rest
         (``ZipVLConfig.protect_first`` / ``protect_last``; preset "evict_question")
+    head_max : the mass is the max over query heads instead of the sum (``head_reduce="max"``)
+    floor_ratio : at least ceil(floor_ratio * n) tokens kept (``ZipVLConfig.min_ratio`` of this layer)
 
     Returns
     -------
@@ -55,10 +58,12 @@ def prefill_attention(
     kept_count : (B,) int32
     key_compact, value_compact : (B, H_kv, n, d), first ``kept_count`` entries = K[T] / V[T], rest zero
     """
-    if pool_kernel > 1 or protect_first or protect_last:
-        sel = select_variant(query, key, probes.long(), tau, scaling, pool_kernel, protect_first, protect_last)
-    else:
-        sel = select_tokens(query, key, probes.long(), tau, scaling)
+    config = ZipVLConfig(tau=tau, pool="max" if pool_kernel > 1 else "none", pool_kernel=max(1, pool_kernel),
+                         protect_first=protect_first, protect_last=protect_last,
+                         head_reduce="max" if head_max else "sum")
+    floor = kept_budget(query.shape[2], floor_ratio) if floor_ratio > 0 else 0
+    # The reference policy's own selection on the given probes (the runtime computes them, as the reference does).
+    sel = ZipVLPolicy(config).select_on(query, key, probes.long(), scaling, floor=floor)
     out = sparse_attention(query, key, value, sel.kept if sparse else torch.ones_like(sel.kept), scaling)
     idx = sel.indices(pad=-1)
     count = sel.count
@@ -69,18 +74,9 @@ def prefill_attention(
     return out, idx.to(torch.int32), count.to(torch.int32), kc, vc
 
 
-def select_variant(query, key, probes, tau: float, scaling: float, pool_kernel: int, protect_first: int,
-                   protect_last: int) -> Selection:
-    """The reference policy's own selection (:class:`zipvl.reference.policy.ZipVLPolicy`) with max pooling and
-    protected first / last tokens, on the given probes (the runtime computes them, as for the paper's)."""
-    config = ZipVLConfig(tau=tau, pool="max" if pool_kernel > 1 else "none", pool_kernel=max(1, pool_kernel),
-                         protect_first=protect_first, protect_last=protect_last)
-    return ZipVLPolicy(config).select_on(query, key, probes, scaling)
-
-
 @prefill_attention.register_fake
 def _(query, key, value, probes, tau, sparse, scaling, num_heads, num_kv_heads, head_dim, pool_kernel=1,
-      protect_first=0, protect_last=0):
+      protect_first=0, protect_last=0, head_max=False, floor_ratio=0.0):
     b, _, n, _ = query.shape
     return (
         torch.empty_like(query),

@@ -137,17 +137,18 @@ class PrefillGraph(nn.Module):
     logits (1, vocab) of the last position, then per layer key/value (1, H_kv, n, d) compacted (first kept_count
     valid), kept_count (1,) int32, kept_indices (1, n) int32."""
 
-    def __init__(self, model, taus: list[float], sparse_prefill: bool = True,
-                 selection: tuple[int, int, int] = (1, 0, 0)):
+    def __init__(self, model, taus: list[float], sparse_prefill: bool = True, selection: dict | None = None,
+                 floors: list[float] | None = None):
         super().__init__()
         self.text, self.lm_head = text_parts(model)
         self.taus = [float(t) for t in taus]
         self.sparse_prefill = bool(sparse_prefill)
-        self.selection = tuple(int(x) for x in selection)  # (max-pool kernel, protect_first, protect_last)
+        self.selection = dict(selection or {})  # the op's variant attributes (graphs.prefill_selection)
+        self.floors = [float(f) for f in floors or []]  # per-layer min kept ratio; [] = none
 
     def forward(self, inputs_embeds, position_ids, probes):
         ctx = ExportContext(probes=probes, taus=self.taus, sparse_prefill=self.sparse_prefill,
-                            selection=self.selection)
+                            selection=self.selection, floors=self.floors)
         with active(ctx):
             hs = self.text(inputs_embeds=inputs_embeds, position_ids=position_ids, use_cache=False).last_hidden_state
         outs = [self.lm_head(hs[:, -1, :])]
