@@ -151,7 +151,7 @@ def _decode(model, desc, config, ops):
     b, layers = 2, desc["num_layers"]
     h_kv, d = desc["num_kv_heads"], desc["head_dim"]
     batch = Dim("batch", min=1)
-    past, past_dyn, inputs, outputs = [], [], ["inputs_embeds", "position_ids"], ["logits"]
+    past, past_dyn, inputs, outputs = [], [], ["input_ids", "position_ids"], ["logits"]
     for i in range(layers):
         c = 5 + i
         cap = Dim(f"cache_{i}", min=2)
@@ -160,10 +160,10 @@ def _decode(model, desc, config, ops):
         past_dyn += [{0: batch, 2: cap}, {0: batch, 2: cap}, {0: batch}]
         inputs += [f"past.{i}.key", f"past.{i}.value", f"past.{i}.length"]
         outputs += [f"present.{i}.key", f"present.{i}.value", f"query.{i}"]
-    embeds = torch.randn(b, 1, desc["hidden_size"]) * 0.02
+    ids = torch.randint(0, desc["vocab_size"], (b, 1))
     pos_dyn = {1: batch} if desc["mrope"] else {0: batch}
     dyn = ({0: batch}, pos_dyn, past_dyn)
     lowering = _lowering(ops)[0]
     fn = lowering.plugin_decode_attention if ops == "plugin" else lowering.standard_decode_attention
     table = {torch.ops.zipvl.decode_attention.default: fn}
-    return DecodeGraph(model, layers), (embeds, _positions(desc, b, 1, start=9), past), dyn, inputs, outputs, table
+    return DecodeGraph(model, layers), (ids, _positions(desc, b, 1, start=9), past), dyn, inputs, outputs, table

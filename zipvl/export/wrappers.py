@@ -158,19 +158,24 @@ class PrefillGraph(nn.Module):
 
 
 class DecodeGraph(nn.Module):
-    """inputs_embeds (B, 1, hidden), position_ids (B, 1) or (3, B, 1), past = per layer (key (B, H_kv, C_i, d), value,
+    """input_ids (B, 1) int64, position_ids (B, 1) or (3, B, 1), past = per layer (key (B, H_kv, C_i, d), value,
     length (B,) int32: entries [0, length) of each row are valid) -> logits (B, vocab), then per layer present
-    key/value (B, H_kv, C_i, d) (the buffers with the token at slot length) and query (B, H, d) after RoPE."""
+    key/value (B, H_kv, C_i, d) (the buffers with the token at slot length) and query (B, H, d) after RoPE.
+
+    A generated token is text, so the step embeds it itself: one session run per step (no separate embed graph and
+    thread pool between steps); the table is the embed graph's, stored once in weights.bin."""
 
     def __init__(self, model, num_layers: int):
         super().__init__()
         self.text, self.lm_head = text_parts(model)
+        self.embed = model.get_input_embeddings()
         self.num_layers = num_layers
 
-    def forward(self, inputs_embeds, position_ids, past):
+    def forward(self, input_ids, position_ids, past):
         ctx = ExportContext(past={i: tuple(past[3 * i: 3 * i + 3]) for i in range(self.num_layers)})
         with active(ctx):
-            hs = self.text(inputs_embeds=inputs_embeds, position_ids=position_ids, use_cache=False).last_hidden_state
+            hs = self.text(inputs_embeds=self.embed(input_ids), position_ids=position_ids,
+                           use_cache=False).last_hidden_state
         outs = [self.lm_head(hs[:, -1, :])]
         for i in range(self.num_layers):
             outs.extend(ctx.outputs[i])

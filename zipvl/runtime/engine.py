@@ -204,11 +204,10 @@ class Engine:
         lengths advance here, and ``indices`` (the tokens' original positions, optional) are recorded."""
         for layer in cache.layers:
             layer.check_room()
-        embeds = self.embed.run(None, {"input_ids": tokens[:, None].astype(np.int64)})[0]
         pos = positions[:, None].astype(np.int64)
         if self.desc["mrope"]:
             pos = np.ascontiguousarray(np.broadcast_to(pos[None], (3, *pos.shape)))
-        io.bind_cpu_input("inputs_embeds", embeds)
+        io.bind_cpu_input("input_ids", np.ascontiguousarray(tokens[:, None], dtype=np.int64))
         io.bind_cpu_input("position_ids", pos)
         self.decode_session.run_with_iobinding(io)
         for layer in cache.layers:

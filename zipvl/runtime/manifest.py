@@ -13,7 +13,7 @@ from pathlib import Path
 from .errors import EngineFileError, EngineVersionError, ManifestError
 
 FORMAT = "zipvl-engine"
-FORMAT_VERSION = 2  # 2: fused attention; decode takes per-layer lengths and returns present K/V + query
+FORMAT_VERSION = 3  # 2: fused attention, per-layer lengths, present K/V + query out; 3: decode takes input_ids
 MANIFEST = "manifest.json"
 REQUIRED = ("format", "format_version", "zipvl_version", "model", "zipvl", "ops", "opset", "limits", "graphs", "files")
 
