@@ -46,7 +46,7 @@ def _demo(args) -> int:
     from .pipeline import generate
 
     console = Console()
-    config = ZipVLConfig.preset(args.preset, tau=args.tau)
+    config = ZipVLConfig.preset(args.preset, **({} if args.tau is None else {"tau": args.tau}))
     if args.threads:
         torch.set_num_threads(args.threads)
     with console.status("loading the embedded default model (first run converts the GGUF, ~40 s)"):
@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the embedded default dense and with ZipVL on an image and a long text")
     demo.add_argument("--preset", default=ZipVLConfig.RECOMMENDED, choices=tuple(ZipVLConfig.presets()),
                       help=f"the ZipVL configuration (default: the recommended one, {ZipVLConfig.RECOMMENDED!r})")
-    demo.add_argument("--tau", type=float, default=0.975)
+    demo.add_argument("--tau", type=float, default=None, help="default: the preset's")
     demo.add_argument("--image", help="your own image file or skimage:<name> (default: an easy-vqa test image)")
     demo.add_argument("--question", default="what shape is in the image?", help="asked about --image")
     demo.add_argument("--vqa-item", type=int, default=11,

@@ -224,10 +224,12 @@ PRESETS: dict[str, tuple[str, dict]] = {
     # dense prefill + a SnapKV-like score under the tau count (the study's next lever: rank by what the question needs)
     "evict_pooled": ("dense prefill; eviction by ZipVL's tau rule on the max-pooled (k=5) probe score",
                      {"sparse_prefill": False, "pool": "max", "pool_kernel": 5}),
-    "evict_question": (("dense prefill; eviction by the tau rule on the question span's max-pooled (k=5) score, "
-                        "first 4 and last 32 tokens kept"),
+    # tau 0.985: the needle grid's best agreement at <= 0.75 kept (docs/selection-study.md, third round); every
+    # visual task keeps dense's answers at any tau from 0.9 to 0.99
+    "evict_question": (("dense prefill; eviction by the tau (0.985) rule on the question span's max-pooled (k=5) "
+                        "score, first 4 and last 32 tokens kept"),
                        {"sparse_prefill": False, "probe_set": "question", "pool": "max", "pool_kernel": 5,
-                        "protect_first": 4, "protect_last": 32}),
+                        "protect_first": 4, "protect_last": 32, "tau": 0.985}),
     "evict_question_heads": (("evict_question, with the score reduced by max over query heads (a token any head "
                               "needs) instead of the sum"),
                              {"sparse_prefill": False, "probe_set": "question", "pool": "max", "pool_kernel": 5,
