@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """The embedded default's vision tower + projector: architecture and the trained weights shipped in the package.
 
-The weights are produced by ``scripts/train_vision.py`` (see ``weights/vision-v5.json`` for the exact command, seed,
+The weights are produced by ``scripts/train_vision.py`` (see ``weights/vision-v6.json`` for the exact command, seed,
 data, loss curve and held-out accuracy) against the frozen SmolLM2 and loaded by the default model builder.
 """
 
@@ -14,7 +14,7 @@ import torch
 
 from ..errors import ZipVLError
 
-VERSION = "v5"
+VERSION = "v6"
 IMAGE_SIZE, PATCH_SIZE = 112, 14  # 8 x 8 = 64 visual tokens per image (tile)
 TOKENS_PER_IMAGE = (IMAGE_SIZE // PATCH_SIZE) ** 2
 TOWER = dict(hidden_size=192, intermediate_size=768, num_hidden_layers=3, num_attention_heads=4,
