@@ -34,7 +34,7 @@ class ExportContext:
     probes: torch.Tensor | None = None  # (1, m) int32
     taus: list[float] = field(default_factory=list)  # per layer; 1.0 = dense layer
     sparse_prefill: bool = True  # False: dense attention, the kept set only compacts the cache
-    selection: dict = field(default_factory=dict)  # the op's variant attributes (graphs.prefill_selection); paper: {}
+    selection: dict = field(default_factory=dict)  # the op's variant attributes (graphs.prefill_selection)
     floors: list[float] = field(default_factory=list)  # per layer: min kept ratio (ZipVLConfig.min_ratio); [] = none
     past: dict = field(default_factory=dict)  # layer -> (key (B,H_kv,C,d), value, length (B,) int32)
     outputs: dict = field(default_factory=dict)  # layer -> tuple of tensors

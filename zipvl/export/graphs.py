@@ -111,12 +111,10 @@ def _vision(model, desc, config, ops):
 
 
 def prefill_selection(config) -> dict:
-    """The selection variants baked into every layer of the prefill graph, as the op's attributes (only those set
-    away from the paper's rule, so a paper engine's graph is what it always was)."""
-    attrs = {"pool_kernel": config.pool_kernel if config.pool == "max" else 1, "protect_first": config.protect_first,
-             "protect_last": config.protect_last, "head_max": config.head_reduce == "max"}
-    defaults = {"pool_kernel": 1, "protect_first": 0, "protect_last": 0, "head_max": False}
-    return {k: v for k, v in attrs.items() if v != defaults[k]}
+    """The selection variants baked into every layer of the prefill graph, as the op's attributes (trace-time
+    arguments of the lowerings: at the paper's values they add no node)."""
+    return {"pool_kernel": config.pool_kernel if config.pool == "max" else 1, "protect_first": config.protect_first,
+            "protect_last": config.protect_last, "head_max": config.head_reduce == "max"}
 
 
 def prefill_floors(desc, config) -> list[float]:
