@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 import pytest
+from pathlib import Path
 import torch
 
 from zipvl.bench import ortgenai
@@ -166,9 +167,15 @@ def test_fresh_process_peak_of_an_engine(tmp_path):
     from zipvl.bench.peak import run_fresh_peaks
     from zipvl.validate.tiny import tiny_engine
 
-    engines = {"zipvl": str(tiny_engine("llava", "standard", 0.975)), "broken": str(tmp_path)}
+    folder = str(tiny_engine("llava", "standard", 0.975))
+    engines = {"zipvl": folder, "shared": (folder, True), "broken": str(tmp_path)}
     out = run_fresh_peaks(engines, lambda n: (torch.arange(n)[None] % 900) + 3, [64, 128])
     assert [p["n"] for p in out["zipvl"]] == [64, 128]
-    for p in out["zipvl"]:
-        assert p["peak_mib"] >= p["loaded_mib"] > 0 and p["method"] == "VmHWM, fresh process"
+    for p in out["zipvl"] + out["shared"]:
+        assert p["peak_mib"] >= p["loaded_mib"] > p["base_mib"] > 0 and p["method"] == "VmHWM, fresh process"
+        # the bound's parts follow the engine: its weights file, and 2 (K, V) x layers x kv heads x d x fp32 x n
+        assert p["weights_mib"] == pytest.approx((Path(folder) / "weights.bin").stat().st_size / 2**20)
+        assert p["bound_mib"] == pytest.approx(p["weights_mib"] + p["kv_mib"] + 1024)
+    assert out["zipvl"][1]["kv_mib"] == pytest.approx(2 * out["zipvl"][0]["kv_mib"])
+    assert [p["share_weights"] for p in out["shared"]] == [True, True]
     assert all("manifest" in p["skipped"].lower() for p in out["broken"])

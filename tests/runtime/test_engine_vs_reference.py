@@ -127,3 +127,23 @@ def test_dense_prefill_engine_matches_reference_and_dense_logits(models, ops):
         assert sum(evicting.counts) < sum(full.counts)  # ...while the cache is evicted
     stats = engine.generate(prompts, max_new_tokens=1).prefill_stats
     assert stats.attn_flops_reduction < 0  # dense attention + the probe: it saves KV, not prefill FLOPs
+
+
+def test_shared_weights_engine_is_the_same_engine():
+    """One memory-mapped copy of the weights for every graph: the same tokens and logits as private copies, each
+    tensor mapped once even where graphs share it."""
+    folder = tiny_engine("llava", "standard", 0.975)
+    private, shared = Engine(folder), Engine(folder, share_weights=True)
+    prompts = make_prompts(private, 2, seed=7)
+    a, b = private.generate(prompts, max_new_tokens=6), shared.generate(prompts, max_new_tokens=6)
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    for x, y in zip(a.logits, b.logits):
+        np.testing.assert_allclose(x, y, atol=1e-5)  # un-packed GEMMs may sum in another order
+    import onnx
+
+    values = shared.weights._values
+    external = [i for g in shared.manifest["graphs"].values()
+                for i in onnx.load(str(folder / g), load_external_data=False).graph.initializer
+                if i.data_location == onnx.TensorProto.EXTERNAL]
+    assert 0 < len(values) < len(external)  # prefill and decode read the same tensors: one view each
+    assert all(not arr.flags.writeable for arr, _ in values.values())  # a view of the read-only map, not a copy

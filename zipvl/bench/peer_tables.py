@@ -31,8 +31,9 @@ def prefill_rows(report: dict) -> list[list[str]]:
 PREFILL_HEAD = ["peer", "n", "peer ms", "dense ms", "ZipVL ms", "dense vs peer", "ZipVL vs peer", "FLOPs limit",
                 "ZipVL vs peer / limit"]
 DECODE_HEAD = ["peer", "context", "B", "peer tok/s", "dense tok/s", "ZipVL tok/s", "dense / peer", "ZipVL / peer"]
-PEAK_HEAD = ["n", "dense peak MiB", "ZipVL peak MiB", "dense loaded MiB", "ZipVL loaded MiB", "dense cold s",
-             "ZipVL cold s"]
+PEAK_HEAD = ["n", "dense peak", "ZipVL peak", "ZipVL peak, shared weights", "dense loaded", "ZipVL loaded",
+             "ZipVL loaded, shared", "interpreter", "bound: weights + KV + 1 GiB", "ZipVL, shared: peak - interpreter",
+             "dense cold s", "ZipVL cold s"]
 
 
 def decode_rows(report: dict) -> list[list[str]]:
@@ -42,14 +43,23 @@ def decode_rows(report: dict) -> list[list[str]]:
 
 
 def peak_rows(report: dict) -> list[list[str]]:
+    """MiB per length, fresh processes. The bound is for the engine's own footprint (peak - the interpreter's RSS
+    before the engine loads); with private weights ONNX Runtime holds a copy per graph (prefill and decode)."""
     fresh = report.get("fresh_peaks") or {}
     rows = []
-    for d, z in zip(fresh.get("dense", []), fresh.get("zipvl", [])):
-        if "skipped" in d or "skipped" in z:
-            rows.append([str(d["n"]), d.get("skipped", "") or "-", z.get("skipped", "") or "-", "", "", "", ""])
+    for i, d in enumerate(fresh.get("dense", [])):
+        z, s = ((fresh.get(k) or [])[i] if i < len(fresh.get(k) or []) else {} for k in ("zipvl", "zipvl_shared"))
+        if any("skipped" in p or not p for p in (d, z, s)):
+            rows.append([str(d["n"])] + [p.get("skipped", "-") if p else "-" for p in (d, z, s)]
+                        + [""] * (len(PEAK_HEAD) - 4))
             continue
-        rows.append([str(d["n"]), f"{d['peak_mib']:.0f}", f"{z['peak_mib']:.0f}", f"{d['loaded_mib']:.0f}",
-                     f"{z['loaded_mib']:.0f}", f"{d['cold_prefill_s']:.1f}", f"{z['cold_prefill_s']:.1f}"])
+        own = s["peak_mib"] - s["base_mib"] if s.get("base_mib") is not None else None
+        bound = s.get("bound_mib")
+        check = "-" if own is None or bound is None else f"{own:.0f} " + ("✓" if own <= bound else "✗")
+        rows.append([str(d["n"]), f"{d['peak_mib']:.0f}", f"{z['peak_mib']:.0f}", f"{s['peak_mib']:.0f}",
+                     f"{d['loaded_mib']:.0f}", f"{z['loaded_mib']:.0f}", f"{s['loaded_mib']:.0f}",
+                     _f(s.get("base_mib"), ".0f"), _f(bound, ".0f"), check,
+                     f"{d['cold_prefill_s']:.1f}", f"{z['cold_prefill_s']:.1f}"])
     return rows
 
 

@@ -170,7 +170,7 @@ def run_bench(cfg: BenchConfig) -> dict:
              + ("attention" in stages) * len(lengths)
              + ("crossover" in stages) * len(cross) * 2 * (cfg.crossover_repeats + cfg.warmup)
              + ("decode" in stages) * len(contexts) * 2 * len(batches)
-             + len(cfg.peers) * (len(lengths) + len(contexts) * len(batches)) + 2 * len(cfg.peak_lengths or []))
+             + len(cfg.peers) * (len(lengths) + len(contexts) * len(batches)) + 3 * len(cfg.peak_lengths or []))
     bar = tqdm(total=total, desc="zipvl-bench", unit="run", disable=not cfg.progress, leave=False)
 
     def tick(what: str) -> None:
@@ -233,8 +233,8 @@ def run_bench(cfg: BenchConfig) -> dict:
             from .peak import run_fresh_peaks
 
             bar.set_description("fresh peaks")
-            report["fresh_peaks"] = run_fresh_peaks({"dense": cfg.dense_engine, "zipvl": cfg.engine},
-                                                    ids_for, cfg.peak_lengths, cfg.threads, tick)
+            engines = {"dense": cfg.dense_engine, "zipvl": cfg.engine, "zipvl_shared": (cfg.engine, True)}
+            report["fresh_peaks"] = run_fresh_peaks(engines, ids_for, cfg.peak_lengths, cfg.threads, tick)
     finally:
         bar.close()
     report["memory"] = _memory_summary(report, backend)
