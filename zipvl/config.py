@@ -12,7 +12,7 @@ from .errors import ZipVLConfigError
 
 PROBE_SETS = ("paper", "recent", "question")
 POOLS = ("none", "max", "avg")
-HEAD_REDUCTIONS = ("sum", "max")
+HEAD_REDUCTIONS = ("sum", "max", "kv")
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,9 @@ class ZipVLConfig:
     head_reduce : str
         How the per-head probe mass becomes one shared set per layer: "sum" over heads (the paper's reading) or
         "max" over query heads (a token any head needs); with "max" the tau rule uses the max-reduced mass's own
-        total. (Per-KV-head sets would change the cache layout and are not implemented.)
+        total. "kv": one set per KV head (Ada-KV's granularity): the tau rule and the ranking run on each KV head's
+        own mass (its query group's probe rows), so heads keep different tokens and different counts. Eviction only
+        (needs ``sparse_prefill=False``, no ``tau_evict``); reference-only: the engines keep one set per layer.
     sparse_prefill : bool
         False: dense prefill attention; the kept set only decides the KV eviction (as the SnapKV baseline).
     tau_evict : float or None
@@ -127,6 +129,9 @@ class ZipVLConfig:
         for name in ("protect_text", "sparse_prefill"):
             if not isinstance(getattr(self, name), bool):
                 raise ZipVLConfigError(f"ZipVLConfig.{name} must be True or False, got {getattr(self, name)!r}")
+        if self.head_reduce == "kv" and (self.sparse_prefill or self.tau_evict is not None):
+            raise ZipVLConfigError("ZipVLConfig.head_reduce='kv' (one kept set per KV head) decides the eviction only: "
+                                   "set sparse_prefill=False and leave tau_evict unset")
         if self.tau_evict is not None:
             t = self.tau_evict
             if isinstance(t, bool) or not isinstance(t, numbers.Real) or not math.isfinite(float(t)) or not (
@@ -234,6 +239,10 @@ PRESETS: dict[str, tuple[str, dict]] = {
                               "needs) instead of the sum"),
                              {"sparse_prefill": False, "probe_set": "question", "pool": "max", "pool_kernel": 5,
                               "protect_first": 4, "protect_last": 32, "head_reduce": "max"}),
+    "evict_question_kv": (("evict_question with one kept set per KV head (Ada-KV's granularity) instead of one per "
+                           "layer; reference-only"),
+                          {"sparse_prefill": False, "probe_set": "question", "pool": "max", "pool_kernel": 5,
+                           "protect_first": 4, "protect_last": 32, "tau": 0.985, "head_reduce": "kv"}),
     "safe_evict": ("sparse prefill at tau, KV eviction at the stricter tau_evict = 0.99", {"tau_evict": 0.99}),
     "max_heads": ("one set per layer by max over query heads (a token any head needs) instead of the sum",
                   {"head_reduce": "max"}),

@@ -56,6 +56,8 @@ def test_unknown_preset_and_override_raise_one_clear_error():
         ({"protect_last": 1.5}, "protect_last must be an integer"),
         ({"protect_text": 1}, "protect_text must be True or False"),
         ({"head_reduce": "mean"}, "head_reduce must be one of"),
+        ({"head_reduce": "kv"}, "head_reduce='kv'"),  # per-KV-head sets decide the eviction only
+        ({"head_reduce": "kv", "sparse_prefill": False, "tau_evict": 0.99}, "head_reduce='kv'"),
         ({"sparse_prefill": "no"}, "sparse_prefill must be True or False"),
         ({"tau": 0.9, "tau_evict": 0.8}, "tau_evict must be None or in [tau, 1]"),
         ({"tau_evict": 1.2}, "tau_evict must be None or in [tau, 1]"),
@@ -78,6 +80,9 @@ def test_export_rejects_variants_by_name(tmp_path):
                      progress=False)
     with pytest.raises(ZipVLInputError, match="pool='max'"):  # the standard lowering pools with MaxPool only
         build_engine(tiny_model("llama", num_layers=1), tmp_path, config=ZipVLConfig(pool="avg"), progress=False)
+    with pytest.raises(ZipVLInputError, match="head_reduce='kv'"):  # per-KV-head sets are reference-only
+        build_engine(tiny_model("llama", num_layers=1), tmp_path, config=ZipVLConfig.preset("evict_question_kv"),
+                     progress=False)
 
 
 # ---- brute-force references (NumPy / plain Python) ---------------------------------------------------------------
@@ -152,6 +157,94 @@ def test_max_over_heads_equals_brute_force():
     assert set(sel.kept[0].nonzero().flatten().tolist()) == expected
     sum_sel = ZipVLPolicy(ZipVLConfig(tau=0.8)).select(q, k, None, _ctx())
     assert not torch.equal(sum_sel.kept, sel.kept)  # a different reduction, a different set
+
+
+def test_per_kv_head_sets_equal_the_tau_rule_on_each_kv_head():
+    q, k = _qk(n=140, seed=4)
+    h, h_kv, d = q.shape[1], k.shape[1], q.shape[3]
+    g = h // h_kv
+    probes = torch.tensor(sorted(set(range(110, 140)) | {5, 50, 90}))
+    qn, kn = q[0].double().numpy(), k[0].double().numpy()
+    seen_by = np.array([(probes.numpy() >= j).sum() for j in range(q.shape[2])])
+    policy = ZipVLPolicy(ZipVLConfig(tau=0.8, head_reduce="kv", sparse_prefill=False))
+    policy.probes = lambda n, device: probes
+    sel = policy.select(q, k, None, _ctx())
+    assert sel.kept.shape == (1, h_kv, q.shape[2]) and sel.count.shape == (1, h_kv)
+    for kv in range(h_kv):  # each KV head: the paper's rule over its own query group's probe rows
+        mass = np.zeros(q.shape[2])
+        for head in range(kv * g, (kv + 1) * g):
+            for r in probes.tolist():
+                logits = kn[kv, : r + 1] @ qn[head, r] / np.sqrt(d)
+                w = np.exp(logits - logits.max())
+                mass[: r + 1] += w / w.sum()
+        np.testing.assert_allclose(sel.mass[0, kv].numpy(), mass, rtol=1e-5, atol=1e-6)
+        expected = _tau_rule(mass, mass / (g * seen_by), 0.8, g * len(probes))
+        assert set(sel.kept[0, kv].nonzero().flatten().tolist()) == expected
+        assert int(sel.count[0, kv]) == len(expected)
+    assert not torch.equal(sel.kept[0, 0], sel.kept[0, 1])  # the heads chose different sets
+
+
+def test_per_kv_head_cache_masks_each_head_in_decode():
+    from types import SimpleNamespace
+
+    from zipvl.reference.attention import _decode
+    from zipvl.reference.cache import ZipVLLayer
+
+    gen = torch.Generator().manual_seed(5)
+    h, h_kv, n, d = 4, 2, 12, 8
+    key, value = torch.randn(1, h_kv, n, d, generator=gen), torch.randn(1, h_kv, n, d, generator=gen)
+    keep = torch.rand(1, h_kv, n, generator=gen) < 0.5
+    keep[:, :, -1] = True
+    keep[:, 0, 3] = keep[:, 1, 3] = False  # evicted by both heads: gone from the layer
+    layer = ZipVLLayer()
+    layer.update(key, value)
+    layer.keep(keep)
+    layer.prefilled = True
+    assert layer.physical_length == int(keep[0].any(0).sum())
+    assert layer.held_bytes() == 2 * d * 4 * int(keep.sum()) < layer.nbytes()
+    new_k, new_v, query = (torch.randn(1, x, 1, d, generator=gen) for x in (h_kv, h_kv, h))
+    layer.update(new_k, new_v)
+    state = SimpleNamespace(policy=SimpleNamespace(config=ZipVLConfig(decode_interval=0), decode_reselect=False))
+    out = _decode(SimpleNamespace(layer_idx=0), state, layer, query, layer.keys, layer.values, d**-0.5)
+    for head in range(h):  # brute force: each query head attends to its KV head's kept tokens and the new one
+        kv = head // (h // h_kv)
+        idx = keep[0, kv].nonzero().flatten()
+        ks, vs = torch.cat([key[0, kv, idx], new_k[0, kv]]), torch.cat([value[0, kv, idx], new_v[0, kv]])
+        w = torch.softmax(ks @ query[0, head, 0] * d**-0.5, dim=0)
+        torch.testing.assert_close(out[0, head, 0], w @ vs, atol=1e-5, rtol=0)
+
+
+def test_per_kv_head_eviction_in_a_tiny_vlm():
+    model = tiny_model("llava")
+    inputs = tiny_inputs("llava", text_len=150).kwargs
+    n = inputs["input_ids"].shape[1]
+    with torch.no_grad():
+        dense = model(**inputs).logits
+    config = ZipVLConfig(tau=0.5, sparse_prefill=False, head_reduce="kv")
+    logits, cache, state = _run(model, inputs, config)
+    torch.testing.assert_close(logits, dense, atol=1e-5, rtol=0)  # dense prefill: eviction only
+    _, shared, _ = _run(tiny_model("llava"), inputs, ZipVLConfig(tau=0.5, sparse_prefill=False))
+    assert any(not torch.equal(layer.heads[0, 0], layer.heads[0, 1]) for layer in cache.layers)
+    assert cache.held_bytes() < cache.nbytes() and cache.held_bytes() != shared.held_bytes()
+    kv_entry = 2 * model.config.text_config.num_key_value_heads * 16 * 4  # head_dim 16, fp32
+    assert sum(s.kv_bytes_after for s in state.prefill_stats.layers) == pytest.approx(cache.held_bytes())
+    everything = torch.ones(n, dtype=torch.bool)
+    for layer, held in zip(cache.layers, cache.retained_fraction(everything)):
+        assert held == pytest.approx(float(layer.heads[0].sum()) / (layer.heads.shape[1] * n))
+    assert kv_entry * n * len(cache.layers) > cache.held_bytes()
+    # decode with re-selection every 3 tokens on the per-head cache: the window is evicted from every head
+    zipvl.enable(model, ZipVLConfig(tau=0.5, sparse_prefill=False, head_reduce="kv", decode_interval=3))
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=7, do_sample=False, pad_token_id=0,
+                             return_dict_in_generate=True)
+    zipvl.disable(model)
+    assert out.sequences.shape[1] == n + 7
+    final = output_cache(out)
+    reselected = [s for f in final.stats for s in f.layers if s.phase == "decode"]
+    assert reselected and any(s.kept[0] < s.length[0] for s in reselected)
+    for layer in final.layers:  # generated tokens are held by every KV head; heads still differ on the prompt
+        assert layer.heads.shape[-1] == layer.physical_length
+        assert bool(layer.heads[0][:, layer.slots[0] >= n].all())
 
 
 def test_probe_sets():
@@ -293,6 +386,7 @@ VARIANTS = {
     "protect": {"protect_first": 4, "protect_last": 8},
     "protect_text": {"protect_text": True},
     "heads_max": {"head_reduce": "max"},
+    "heads_kv": {"head_reduce": "kv", "sparse_prefill": False},
     "dense_prefill": {"sparse_prefill": False},
     "tau_evict": {"tau_evict": 1.0},
     "floors": {"min_ratio": (0.5, 0.2, 0.9)},

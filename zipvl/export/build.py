@@ -88,6 +88,9 @@ def build_engine(model, out_dir: str | Path, ops: str = "standard", config: ZipV
                               + ", not the ZipVLConfig variant "
                               + ", ".join(f"{k}={v!r}" for k, v in unsupported.items())
                               + "; build with these fields at their defaults")
+    if config.head_reduce == "kv":
+        raise ZipVLInputError("engines keep one KV set per layer, not head_reduce='kv' (a set per KV head: "
+                              "reference-only); build with head_reduce='sum' or 'max'")
     if config.pool == "avg":
         raise ZipVLInputError("engines implement pool='max' (MaxPool), not 'avg'; build with pool='max' or 'none'")
     plugin_unsupported = [k for k in config.variants() if k not in PLUGIN_VARIANTS]

@@ -80,7 +80,8 @@ def _prefill(module, state, layer: ZipVLLayer | None, query, key, value, attenti
         mode = "sparse" if policy.sparse_prefill else "evict_only"
         kept, out, counts, probe_cost = _select_and_attend(policy, state, idx, query, key, value, valid, scaling)
     # The cache may keep more than the sparse attention used (tau_evict): stats count both, the cache by its own set.
-    cached = kept.sum(dim=-1).tolist()
+    # One set per KV head: a sequence's count is the mean over its KV heads (the KV bytes it holds stay exact).
+    cached = kept.sum(dim=-1).tolist() if kept.dim() == 2 else kept.sum(dim=-1).double().mean(dim=-1).tolist()
     if layer is not None:
         with state.timer.section("evict", query.device):
             layer.keep(kept)
@@ -109,7 +110,8 @@ def _select_and_attend(policy, state, idx, query, key, value, valid, scaling):
         groups = [(slice(None), None)]
     else:
         groups = [(slice(i, i + 1), valid[i].nonzero().squeeze(-1)) for i in range(b)]
-        kept = torch.zeros(b, n, dtype=torch.bool, device=query.device)
+        sets = (key.shape[1],) if policy.config.head_reduce == "kv" else ()  # one kept set per KV head
+        kept = torch.zeros(b, *sets, n, dtype=torch.bool, device=query.device)
         out = query.new_zeros(b, n, h, d).transpose(1, 2)  # (B, H, n, d) view of transformers' layout
     counts, probe_cost = [0] * b, 0
     for sl, cols in groups:
@@ -129,9 +131,9 @@ def _select_and_attend(policy, state, idx, query, key, value, valid, scaling):
             counts = sel.count.tolist()
         else:
             i = sl.start
-            kept[i, cols[sel.cache_kept[0]]] = True
+            kept[i][..., cols] = sel.cache_kept[0]
             out[i : i + 1, :, cols] = o
-            counts[i] = int(sel.count[0])
+            counts[i] = int(sel.count[0].sum())  # per-KV-head sets run evict-only: this attention count is unused
     return kept, out, counts, probe_cost
 
 
@@ -140,6 +142,9 @@ def _decode(module, state, layer: ZipVLLayer, query, key, value, scaling):
     _, h, q, _ = query.shape
     q_slots = layer.logical - q + torch.arange(q, device=query.device)
     visible = layer.valid[:, None, None, :] & (layer.slots[:, None, None, :] <= q_slots[None, None, :, None])
+    heads = layer.visible_heads(h)  # one kept set per KV head: each query head sees its KV head's entries
+    if heads is not None:
+        visible = visible & heads
     mask = None if q == 1 and bool(visible.all()) else visible
     gqa = h != key.shape[1]
     out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling, enable_gqa=gqa)
@@ -155,7 +160,9 @@ def _reselect_window(module, state, layer: ZipVLLayer, query, key, visible, scal
     b, h, _, d = query.shape
     w = layer.pending
     scale = d**-0.5 if scaling is None else scaling
-    probs = token_attention_mass(query, key, visible.reshape(b, -1), scale)  # (B, L)
+    # visible (B, 1 | H, 1, L): per KV head when the heads hold different entries
+    seen = visible[:, :: h // key.shape[1], 0] if visible.shape[1] > 1 else visible.reshape(b, -1)
+    probs = token_attention_mass(query, key, seen, scale)  # (B, L)
     window = layer.valid & (layer.slots >= layer.logical - w)
     window_mass = probs[window].view(b, w)
     kept_window = select_window(window_mass, state.policy.config.evict_tau, h)

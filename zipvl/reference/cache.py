@@ -3,7 +3,10 @@
 
 Each layer keeps, next to its K/V ``(B, H_kv, L_phys, d)``, the original slot of every physical entry (index into
 the logical sequence, i.e. into the 2D attention mask) and a validity flag (padding and right-padding after
-compaction are invalid). ``get_seq_length`` is the *logical* length, so transformers keeps computing positions as
+compaction are invalid). With one kept set per KV head (``head_reduce="kv"``) the layer compacts to the union of
+the heads' sets and ``heads`` (B, H_kv, L_phys) says which KV head holds which entry: attention masks the rest, as
+a per-head (paged) layout would not store them; ``nbytes`` stays the physical size, ``held_bytes`` counts what the
+heads hold. ``get_seq_length`` is the *logical* length, so transformers keeps computing positions as
 if nothing was evicted: retained keys carry their original rotary phase, new tokens get their original positions.
 """
 
@@ -23,6 +26,7 @@ class ZipVLLayer(DynamicLayer):
         super().__init__(**kwargs)
         self.slots: torch.Tensor | None = None  # (B, L_phys) long, -1 for padding entries
         self.valid: torch.Tensor | None = None  # (B, L_phys) bool
+        self.heads: torch.Tensor | None = None  # (B, H_kv, L_phys) bool when KV heads keep different sets, else None
         self.logical = 0  # tokens ever appended (positions continue from here)
         self.pending = 0  # tokens appended since prefill or the last decode-time re-selection
         self.prefilled = False
@@ -46,6 +50,8 @@ class ZipVLLayer(DynamicLayer):
         new_slots = torch.arange(self.logical, self.logical + q, device=self.device).expand(b, q)
         self.slots = torch.cat([self.slots, new_slots], dim=1)
         self.valid = torch.cat([self.valid, torch.ones(b, q, dtype=torch.bool, device=self.device)], dim=1)
+        if self.heads is not None:  # every KV head holds the new tokens
+            self.heads = torch.cat([self.heads, self.heads.new_ones(b, self.heads.shape[1], q)], dim=2)
         self.logical += q
         if self.prefilled:
             self.pending += q
@@ -70,14 +76,36 @@ class ZipVLLayer(DynamicLayer):
             return 0
         return self.keys.numel() * self.keys.element_size() + self.values.numel() * self.values.element_size()
 
+    def held_bytes(self) -> int:
+        """K/V bytes of the entries the KV heads hold (= :meth:`nbytes` minus padding and per-head masked entries)."""
+        if not self.is_initialized:
+            return 0
+        per_entry = 2 * self.keys.shape[-1] * self.keys.element_size()  # one head's K + V of one token
+        held = self.valid[:, None] if self.heads is None else self.heads & self.valid[:, None]
+        return per_entry * int(held.expand(-1, self.keys.shape[1], -1).sum())
+
+    def visible_heads(self, num_heads: int) -> torch.Tensor | None:
+        """(B, num_heads, 1, L_phys) bool: the entries each query head's KV head holds; None when all hold all."""
+        if self.heads is None:
+            return None
+        return self.heads.repeat_interleave(num_heads // self.heads.shape[1], dim=1)[:, :, None, :]
+
     def keep(self, keep: torch.Tensor) -> None:
-        """Evict every entry where ``keep`` (B, L_phys) is False; survivors keep their order, slots and phase."""
+        """Evict every entry where ``keep`` (B, L_phys) is False; survivors keep their order, slots and phase.
+        ``keep`` (B, H_kv, L_phys): each KV head's own set; the layer keeps their union and masks per head."""
+        heads = self.heads
+        if keep.dim() == 3:
+            heads = keep if heads is None else heads & keep
+            keep = keep.any(dim=1)
         keep = keep & self.valid
-        (self.keys, self.values, self.slots), self.valid = compact([self.keys, self.values, self.slots], keep, -1)
+        tensors = [self.keys, self.values, self.slots] + ([] if heads is None else [heads[..., None]])
+        out, self.valid = compact(tensors, keep, -1)
+        self.keys, self.values, self.slots = out[:3]
+        self.heads = None if heads is None else out[3][..., 0] & self.valid[:, None]
 
     def reset(self) -> None:
         super().reset()
-        self.slots = self.valid = None
+        self.slots = self.valid = self.heads = None
         self.logical = self.pending = 0
         self.prefilled = False
 
@@ -94,6 +122,8 @@ class ZipVLLayer(DynamicLayer):
         if self.is_initialized:
             self.keys, self.values, self.slots, self.valid = (fn(t) for t in (self.keys, self.values, self.slots,
                                                                               self.valid))
+            if self.heads is not None:
+                self.heads = fn(self.heads)
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         self._index_batch(lambda t: t.index_select(0, beam_idx.to(t.device)))
@@ -133,7 +163,8 @@ class ZipVLCache(DynamicCache):
 
     def retained_fraction(self, positions: torch.Tensor, row: int = 0) -> list[float]:
         """Per layer: the fraction of the original ``positions`` (a bool mask over the prompt, or indices) that
-        sequence ``row`` still holds, read from the entries' original slots."""
+        sequence ``row`` still holds, read from the entries' original slots (with per-KV-head sets: averaged over
+        the KV heads)."""
         if positions.dtype != torch.bool:
             mask = torch.zeros(int(positions.max()) + 1 if positions.numel() else 0, dtype=torch.bool)
             mask[positions] = True
@@ -142,11 +173,19 @@ class ZipVLCache(DynamicCache):
         want = int(positions.sum())
         out = []
         for layer in self.layers:
-            slots = layer.slots[row][layer.valid[row]].cpu()
-            slots = slots[slots < positions.shape[0]]
-            out.append(float(positions[slots].sum()) / want if want else 1.0)
+            valid = layer.valid[row]
+            slots = layer.slots[row][valid].cpu()
+            share = (torch.ones(slots.shape[0]) if layer.heads is None
+                     else layer.heads[row][:, valid].float().mean(dim=0).cpu())  # fraction of KV heads holding it
+            inside = slots < positions.shape[0]
+            held = share[inside][positions[slots[inside]]]
+            out.append(float(held.sum()) / want if want else 1.0)
         return out
 
     def nbytes(self) -> int:
         """Bytes held by K/V tensors now (after eviction)."""
         return sum(layer.nbytes() for layer in self.layers)
+
+    def held_bytes(self) -> int:
+        """K/V bytes of the entries the layers' KV heads hold (what a per-head layout would store)."""
+        return sum(layer.held_bytes() for layer in self.layers)

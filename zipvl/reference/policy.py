@@ -114,19 +114,42 @@ class ZipVLPolicy(TokenPolicy):
         reduction, pooling, protected tokens and ``floor``, the kept set (and the eviction's, with tau_evict)."""
         cfg = self.config
         timer = timer or NullTimer()
+        heads = cfg.head_reduce
+        per_kv = heads == "kv"
+        rows = (query.shape[0], key.shape[1])  # (B, H_kv)
+        if per_kv:  # one set per KV head: each KV head with its query group is a row of its own
+            query, key, probes, image = per_kv_head_rows(query, key, probes, image)
+            heads = "sum"
         b, h, n, _ = query.shape
         with timer.section("probe", query.device):
-            mass, score = score_tokens(query, key, probes, scaling, cfg.head_reduce)
+            mass, score = score_tokens(query, key, probes, scaling, heads)
         with timer.section("select", query.device):
             # Every probe row of every head sums to 1 (total H * m); a max over heads has no such closed form.
-            total = float(h * probes.shape[-1]) if cfg.head_reduce == "sum" else mass.double().sum(dim=-1)
+            total = float(h * probes.shape[-1]) if heads == "sum" else mass.double().sum(dim=-1)
             rule_mass, score, total = pooled_rule(mass, score, total, cfg.pool, cfg.pool_kernel)
             protected = protected_tokens(b, n, cfg, image, query.device)
             kept, count = keep_set(rule_mass, score, cfg.tau, total, protected, floor)
             evict = None
             if cfg.evict_tau != cfg.tau:  # same score, larger count: a superset of the attention's set
                 evict = keep_set(rule_mass, score, cfg.evict_tau, total, protected, floor)[0]
+        if per_kv:  # back to (B, H_kv, n) and (B, H_kv)
+            kept, mass, score = (t.reshape(*rows, n) for t in (kept, mass, score))
+            count = count.reshape(rows)
         return Selection(kept=kept, count=count, mass=mass, score=score, probes=probes, evict=evict)
+
+
+def per_kv_head_rows(query, key, probes, image):
+    """(B, H, n, d) queries and (B, H_kv, n, d) keys as B * H_kv rows of one KV head and its query group
+    (transformers' GQA order: query head i reads KV head i // g); probes and image mask follow their rows."""
+    b, h, n, d = query.shape
+    h_kv = key.shape[1]
+    query = query.reshape(b * h_kv, h // h_kv, n, d)
+    key = key.reshape(b * h_kv, 1, n, d)
+    if probes.dim() == 2:
+        probes = probes.repeat_interleave(h_kv, dim=0)
+    if image is not None:
+        image = image.reshape(-1, n).expand(b, n).repeat_interleave(h_kv, dim=0)
+    return query, key, probes, image
 
 
 def check_ratio(ratio: float) -> float:

@@ -127,6 +127,8 @@ class Selection:
     score : (B, n) float32    a_j / c_j, the normalised score that ranks tokens
     probes : (m,) or (B, m)   the probe positions used
     evict : (B, n) bool or None   what the KV cache keeps when it differs from ``kept`` (a ``tau_evict`` variant)
+
+    With one set per KV head (``head_reduce="kv"``) kept / mass / score are (B, H_kv, n) and count (B, H_kv).
     """
 
     kept: torch.Tensor
@@ -228,13 +230,15 @@ def score_tokens(query: torch.Tensor, key: torch.Tensor, probes: torch.Tensor, s
 def token_attention_mass(query: torch.Tensor, key: torch.Tensor, visible: torch.Tensor, scaling: float) -> torch.Tensor:
     """The current token's attention over the retained cache, summed over heads: the input of decode re-selection.
 
-    query (B, H, d) or (B, H, 1, d), key (B, H_kv, L, d), visible (B, L) bool -> (B, L) float32; fp32, GQA folded
-    into the query rows (no repeat of the cache), softmax over every visible entry.
+    query (B, H, d) or (B, H, 1, d), key (B, H_kv, L, d), visible (B, L) bool, or (B, H_kv, L) when KV heads hold
+    different entries -> (B, L) float32; fp32, GQA folded into the query rows (no repeat of the cache), softmax over
+    every visible entry.
     """
     b, h, d = query.shape[0], query.shape[1], query.shape[-1]
     h_kv = key.shape[1]
     logits = torch.matmul(query.float().reshape(b, h_kv, h // h_kv, d), key.float().transpose(-1, -2)) * scaling
-    return torch.softmax(logits.masked_fill(~visible[:, None, None, :], float("-inf")), dim=-1).sum(dim=(1, 2))
+    hidden = ~(visible[:, None, None, :] if visible.dim() == 2 else visible[:, :, None, :])
+    return torch.softmax(logits.masked_fill(hidden, float("-inf")), dim=-1).sum(dim=(1, 2))
 
 
 def select_window(window_mass: torch.Tensor, tau: float, num_heads: int) -> torch.Tensor:
