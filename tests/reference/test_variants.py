@@ -215,14 +215,7 @@ def test_per_kv_head_cache_masks_each_head_in_decode():
 
 
 def test_per_kv_head_eviction_in_a_tiny_vlm():
-    model = tiny_model("llava")
-    inputs = tiny_inputs("llava", text_len=150).kwargs
-    n = inputs["input_ids"].shape[1]
-    with torch.no_grad():
-        dense = model(**inputs).logits
-    config = ZipVLConfig(tau=0.5, sparse_prefill=False, head_reduce="kv")
-    logits, cache, state = _run(model, inputs, config)
-    torch.testing.assert_close(logits, dense, atol=1e-5, rtol=0)  # dense prefill: eviction only
+    model, inputs, n, cache, state = _evict_only_run(ZipVLConfig(tau=0.5, sparse_prefill=False, head_reduce="kv"))
     _, shared, _ = _run(tiny_model("llava"), inputs, ZipVLConfig(tau=0.5, sparse_prefill=False))
     assert any(not torch.equal(layer.heads[0, 0], layer.heads[0, 1]) for layer in cache.layers)
     assert cache.held_bytes() < cache.nbytes() and cache.held_bytes() != shared.held_bytes()
@@ -293,6 +286,18 @@ def _run(model, inputs, config=None, policy=None, image=True):
     return logits, cache, state
 
 
+def _evict_only_run(config):
+    """A tiny LLaVA prefilled under an eviction-only ``config``: its logits must be dense's (the kept set only
+    evicts). -> (model, inputs, n, cache, state)."""
+    model = tiny_model("llava")
+    inputs = tiny_inputs("llava", text_len=150).kwargs
+    with torch.no_grad():
+        dense = model(**inputs).logits
+    logits, cache, state = _run(model, inputs, config)
+    torch.testing.assert_close(logits, dense, atol=1e-5, rtol=0)
+    return model, inputs, inputs["input_ids"].shape[1], cache, state
+
+
 def _slots(cache, row=0):
     return [set(layer.slots[row][layer.valid[row]].tolist()) for layer in cache.layers]
 
@@ -334,13 +339,7 @@ def test_per_layer_floors_hold_in_every_layer():
 
 
 def test_dense_prefill_with_zipvl_eviction():
-    model = tiny_model("llava")
-    inputs = tiny_inputs("llava", text_len=150).kwargs
-    n = inputs["input_ids"].shape[1]
-    with torch.no_grad():
-        dense = model(**inputs).logits
-    logits, cache, state = _run(model, inputs, ZipVLConfig(tau=0.5, sparse_prefill=False))
-    torch.testing.assert_close(logits, dense, atol=1e-5, rtol=0)
+    _, inputs, n, cache, state = _evict_only_run(ZipVLConfig(tau=0.5, sparse_prefill=False))
     assert {s.mode for s in state.prefill_stats.layers} == {"evict_only"}
     slots = _slots(cache)
     assert all(len(s) < n for s in slots)
