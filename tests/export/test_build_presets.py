@@ -11,9 +11,16 @@ from zipvl.validate.tiny import tiny_engine, tiny_model_dir
 
 
 def test_preset_needing_an_unexported_variant_is_one_clear_error(capsys):
-    rc = main([str(tiny_model_dir("llava")), "-o", "/tmp/never-written", "--preset", "safe_evict", "--jobs", "1"])
+    rc = main([str(tiny_model_dir("llava")), "-o", "/tmp/never-written", "--preset", "evict_question_kv", "--jobs",
+               "1"])
     err = capsys.readouterr().err
-    assert rc == 2 and "tau_evict=0.99" in err and "sparse_prefill" in err and "Traceback" not in err
+    assert rc == 2 and "head_reduce='kv'" in err and "Traceback" not in err
+
+
+def test_visual_only_needs_a_model_with_visual_tokens(capsys):
+    rc = main([str(tiny_model_dir("llama")), "-o", "/tmp/never-written", "--preset", "visual_only", "--jobs", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "protect_text" in err and "LlamaForCausalLM" in err and "Traceback" not in err
 
 
 def test_plugin_ops_refuse_a_selection_the_plugin_lacks(capsys):

@@ -21,28 +21,41 @@ CFG = zipvl.ZipVLConfig(n_recent=8, n_random=8)
 
 
 class Toy(torch.nn.Module):
+    """The op with ``selection`` = (pool kernel, protect first, protect last, head max, floor ratio, evict tau) as
+    attributes; an ``image`` mask input protects the text tokens (protect_text)."""
+
     def __init__(self, tau, sparse=True, selection=(1, 0, 0)):
         super().__init__()
         self.tau, self.sparse, self.selection = tau, sparse, selection
 
-    def forward(self, q, k, v, probes):
+    def forward(self, q, k, v, probes, image=None):
         return torch.ops.zipvl.prefill_attention(q, k, v, probes, self.tau, self.sparse, D**-0.5, H, HKV, D,
-                                                 *self.selection)
+                                                 *self.selection, image_mask=image)
 
-def _inputs(n, seed=0):
+
+def _inputs(n, seed=0, masked=False):
     g = torch.Generator().manual_seed(seed)
     q, k, v = (torch.randn(1, h, n, D, generator=g) * 2 for h in (H, HKV, HKV))
-    return q, k, v, zipvl.probe_positions(n, CFG).to(torch.int32)[None]
+    inputs = (q, k, v, zipvl.probe_positions(n, CFG).to(torch.int32)[None])
+    if masked:  # a prompt's layout: text, the image's tokens, the question
+        image = torch.zeros(1, n, dtype=torch.bool)
+        image[:, n // 5: 3 * n // 4] = True
+        inputs += (image,)
+    return inputs
 
 
-def _export(tmp_path, tau, fn, name, opset=18, sparse=True, selection=(1, 0, 0)):
+NAMES = ["query", "key", "value", "probes", "image_mask"]
+
+
+def _export(tmp_path, tau, fn, name, opset=18, sparse=True, selection=(1, 0, 0), masked=False):
     n = torch.export.Dim("n", min=2)
     m = torch.export.Dim("m", min=1, max=CFG.n_probes)
     path = tmp_path / f"{name}.onnx"
-    torch.onnx.export(Toy(tau, sparse, selection).eval(), _inputs(40), str(path), dynamo=True,
-                      dynamic_shapes=({2: n}, {2: n}, {2: n}, {1: m}),
-                      input_names=["query", "key", "value", "probes"],
-                      output_names=["attn_out", "kept_indices", "kept_count", "key_compact", "value_compact"],
+    dyn = ({2: n}, {2: n}, {2: n}, {1: m}) + (({1: n},) if masked else ())
+    torch.onnx.export(Toy(tau, sparse, selection).eval(), _inputs(40, masked=masked), str(path), dynamo=True,
+                      dynamic_shapes=dyn, input_names=NAMES[: len(dyn)],
+                      output_names=["attn_out", "kept_indices", "kept_count", "key_compact", "value_compact",
+                                    "attended_count"],
                       custom_translation_table={torch.ops.zipvl.prefill_attention.default: fn}, opset_version=opset,
                       verbose=False)
     return path
@@ -56,15 +69,23 @@ VARIANTS = [(1.0, True), (0.9, True), (0.9, False)]
 SELECTION_VARIANTS = [(0.9, True, (5, 0, 0, False, 0.0)), (0.9, True, (1, 3, 6, False, 0.0)),
                       (0.9, False, (5, 2, 4, False, 0.0)), (0.9, True, (1, 0, 0, True, 0.0)),
                       (0.5, True, (1, 0, 0, False, 0.6)), (0.5, False, (5, 2, 4, True, 0.7))]
+# (tau, sparse, selection + (evict tau,), image mask): a stricter cache set beside the attention's (preset
+# "safe_evict", also with protection and under dense prefill), the text tokens protected (preset "visual_only"), both
+EVICT_AND_TEXT_VARIANTS = [(0.9, True, (1, 0, 0, False, 0.0, 0.99), False),
+                           (0.8, True, (5, 2, 4, False, 0.0, 0.95), False),
+                           (0.7, False, (1, 0, 0, False, 0.0, 1.0), False),
+                           (0.9, True, (1, 0, 0, False, 0.0, 0.0), True),
+                           (0.8, True, (5, 0, 4, False, 0.0, 0.95), True)]
 
 
-@pytest.fixture(scope="module", params=[(*v, (1, 0, 0)) for v in VARIANTS] + SELECTION_VARIANTS)
+@pytest.fixture(scope="module", params=[(*v, (1, 0, 0), False) for v in VARIANTS]
+                + [(*v, False) for v in SELECTION_VARIANTS] + EVICT_AND_TEXT_VARIANTS)
 def standard(request, tmp_path_factory):
     lowering_standard.register_schemas()
-    tau, sparse, selection = request.param
+    tau, sparse, selection, masked = request.param
     path = _export(tmp_path_factory.mktemp("std"), tau, standard_prefill_attention, "std", sparse=sparse,
-                   selection=selection)
-    return tau, sparse, selection, path
+                   selection=selection, masked=masked)
+    return tau, sparse, selection, masked, path
 
 
 @pytest.fixture(scope="module", params=VARIANTS)
@@ -75,11 +96,13 @@ def plugin(request, tmp_path_factory):
                                 opset=lowering_plugin.OPSET, sparse=sparse)
 
 
-def _check(session, tau, sparse, n, seed, selection=(1, 0, 0)):
-    q, k, v, probes = _inputs(n, seed)
-    ref = prefill_attention(q, k, v, probes, tau, sparse, D**-0.5, H, HKV, D, *selection)
-    got = session.run(None, {"query": q.numpy(), "key": k.numpy(), "value": v.numpy(), "probes": probes.numpy()})
+def _check(session, tau, sparse, n, seed, selection=(1, 0, 0), masked=False):
+    inputs = _inputs(n, seed, masked)
+    ref = prefill_attention(*inputs[:4], tau, sparse, D**-0.5, H, HKV, D, *selection,
+                            image_mask=inputs[4] if masked else None)
+    got = session.run(None, {name: t.numpy() for name, t in zip(NAMES, inputs)})
     assert np.array_equal(got[1], ref[1].numpy()) and np.array_equal(got[2], ref[2].numpy())  # same kept set
+    assert np.array_equal(got[5], ref[5].numpy())  # same attention count
     for i in (0, 3, 4):
         np.testing.assert_allclose(got[i], ref[i].numpy(), atol=2e-5, rtol=1e-5)
     if tau == 1.0:
@@ -89,14 +112,25 @@ def _check(session, tau, sparse, n, seed, selection=(1, 0, 0)):
 
 @pytest.mark.parametrize("n,seed", [(5, 0), (16, 1), (57, 2), (300, 3)])
 def test_standard_lowering_matches_reference(standard, n, seed):
-    tau, sparse, selection, path = standard
-    got = _check(create_session(path), tau, sparse, n, seed, selection)
-    if len(selection) == 5 and selection[4] > 0:  # the floor is what the engine keeps at least
-        assert int(got[2][0]) >= np.ceil(selection[4] * n - 1e-9)
+    tau, sparse, selection, masked, path = standard
+    got = _check(create_session(path), tau, sparse, n, seed, selection, masked)
+    count, attended = int(got[2][0]), int(got[5][0])
+    if len(selection) >= 5 and selection[4] > 0:  # the floor is what the engine keeps at least
+        assert count >= np.ceil(selection[4] * n - 1e-9)
+    evict_tau = selection[5] if len(selection) > 5 else 0.0
+    if evict_tau > tau:  # the cache keeps a superset of what the attention used; tau_evict 1 keeps everything
+        assert count >= attended and (count == n if evict_tau >= 1.0 else True)
+        if sparse:  # the attention's output rows are its own (smaller) set: the other cached rows are zero
+            assert int((np.abs(got[0][0]).sum(axis=(0, 2)) > 0).sum()) == attended
+    else:
+        assert count == attended
+    if masked:  # every text token (outside the image) is kept
+        text = np.flatnonzero(~_inputs(n, seed, True)[4][0].numpy())
+        assert set(text) <= set(got[1][0, :count].tolist())
 
 
 def test_standard_lowering_fuses_every_attention(standard):
-    tau, sparse, selection, path = standard
+    tau, sparse, selection, _masked, path = standard
     model = onnx.load(str(path))
     ops = [node.op_type for node in model.graph.node]
     assert {node.domain for node in model.graph.node} <= {"", "ai.onnx", MS_DOMAIN}

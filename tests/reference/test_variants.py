@@ -75,8 +75,8 @@ def test_bad_variant_field_raises_one_clear_error(kwargs, needle):
 def test_export_rejects_variants_by_name(tmp_path):
     from zipvl.export.build import build_engine
 
-    with pytest.raises(ZipVLInputError, match="tau_evict=0.99"):
-        build_engine(tiny_model("llama", num_layers=1), tmp_path, config=ZipVLConfig(tau_evict=0.99),
+    with pytest.raises(ZipVLInputError, match="protect_text"):  # a text model has no visual token to sparsify
+        build_engine(tiny_model("llama", num_layers=1), tmp_path, config=ZipVLConfig(protect_text=True),
                      progress=False)
     with pytest.raises(ZipVLInputError, match="pool='max'"):  # the standard lowering pools with MaxPool only
         build_engine(tiny_model("llama", num_layers=1), tmp_path, config=ZipVLConfig(pool="avg"), progress=False)

@@ -110,6 +110,52 @@ def test_head_max_and_floor_engines_match_reference(models, preset, tau):
                    for p, c in zip(prompts, layer["engine_kept"]))
 
 
+def _assert_matches(report):
+    assert report["kept_sets_identical"], report["layers"]
+    assert report["cache_lengths_prefill"]["equal"] and report["cache_lengths_final"]["equal"], (
+        report["cache_lengths_prefill"], report["cache_lengths_final"])
+    assert report["retained_identical"]
+    assert report["logits"]["passed"] and report["tokens"]["identical"], (report["logits"], report["tokens"])
+
+
+def test_safe_evict_engine_keeps_a_larger_cache_than_its_attention(models):
+    """tau_evict (preset "safe_evict") in the graph: the sparse attention runs on the tau set, the cache keeps the
+    larger tau_evict set and decode re-selects at tau_evict - caches, retained tokens, logits and tokens as the
+    reference's; the engine's statistics bill the attention by its own, smaller count."""
+    engine = Engine(tiny_engine("llava", "standard", 0.9, preset="safe_evict"))
+    assert engine.config.tau == 0.9 and engine.config.evict_tau == 0.99
+    prompts = make_prompts(engine, 2, seed=3)
+    report = compare_batch(engine, models["llava"], prompts, NEW_TOKENS, TOL)
+    _assert_matches(report)
+    assert report["reselections"] == 2
+    out = engine.generate(prompts, max_new_tokens=1)
+    cached = np.array([p.counts for p in out.prefills])
+    attended = np.array([p.attended_counts for p in out.prefills])
+    assert (cached >= attended).all() and (cached > attended).any()
+    assert [s.kept for s in out.prefill_stats.layers] == attended.T.tolist()
+    assert out.cache_lengths_prefill == cached.T.tolist()
+    assert report["engine_layer_ratios"] == pytest.approx(report["reference_layer_ratios"])
+
+
+@pytest.mark.parametrize("arch", ["llava", "qwen2_vl"])
+def test_visual_only_engine_keeps_every_text_token(models, arch):
+    """protect_text (preset "visual_only") with the image mask as a prefill input: only visual tokens are evicted,
+    every text token stays in every layer's cache, and decode never re-selects (generated tokens are text) - as the
+    reference does."""
+    engine = Engine(tiny_engine(arch, "standard", 0.5, preset="visual_only"))  # strict: few visual tokens
+    prompts = make_prompts(engine, 2, seed=3)
+    report = compare_batch(engine, models[arch], prompts, NEW_TOKENS, TOL)
+    _assert_matches(report)
+    assert report["reselections"] == 0
+    out = engine.generate(prompts, max_new_tokens=1)
+    for prompt, pre in zip(prompts, out.prefills):
+        image = prompt.input_ids == engine.desc["image_token_id"]
+        assert image.any() and (~image).any()
+        for kept in pre.indices:
+            assert set(np.flatnonzero(~image)) <= set(kept.tolist())
+        assert any(len(kept) < len(prompt.input_ids) for kept in pre.indices)  # some visual tokens were evicted
+
+
 @pytest.mark.parametrize("ops", ["standard", "plugin"])
 def test_dense_prefill_engine_matches_reference_and_dense_logits(models, ops):
     """The "evict_only" variant as an engine (sparse_prefill=False): the reference with the same config agrees on kept

@@ -36,6 +36,8 @@ class ExportContext:
     sparse_prefill: bool = True  # False: dense attention, the kept set only compacts the cache
     selection: dict = field(default_factory=dict)  # the op's variant attributes (graphs.prefill_selection)
     floors: list[float] = field(default_factory=list)  # per layer: min kept ratio (ZipVLConfig.min_ratio); [] = none
+    evict_tau: float = 0.0  # > tau: the cache keeps the tau_evict set (ZipVLConfig.tau_evict); 0 = the tau set
+    image_mask: torch.Tensor | None = None  # (1, n) bool: protect every text token (ZipVLConfig.protect_text)
     past: dict = field(default_factory=dict)  # layer -> (key (B,H_kv,C,d), value, length (B,) int32)
     outputs: dict = field(default_factory=dict)  # layer -> tuple of tensors
 
@@ -59,16 +61,24 @@ def _ctx() -> ExportContext:
 
 
 def prefill_export_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """query (1, H, n, d), key/value (1, H_kv, n, d) -> ((1, n, H, d), None); stashes (K_c, V_c, count, indices)."""
+    """query (1, H, n, d), key/value (1, H_kv, n, d) -> ((1, n, H, d), None); stashes (K_c, V_c, count, indices)
+    and, with tau_evict, the attention's own count."""
     ctx = _ctx()
     i = module.layer_idx
     _, h, _, d = query.shape
     scale = float(d**-0.5 if scaling is None else scaling)
-    out, kept, count, kc, vc = torch.ops.zipvl.prefill_attention(
-        query, key, value, ctx.probes, float(ctx.taus[i]), bool(ctx.sparse_prefill), scale, int(h),
-        int(key.shape[1]), int(d), **ctx.selection, **({"floor_ratio": float(ctx.floors[i])} if ctx.floors else {})
-    )
-    ctx.outputs[i] = (kc, vc, count, kept)
+    tau = float(ctx.taus[i])
+    variants = dict(ctx.selection)
+    if ctx.floors:
+        variants["floor_ratio"] = float(ctx.floors[i])
+    if ctx.evict_tau:
+        variants["evict_tau"] = max(float(ctx.evict_tau), tau)  # a dense layer (tau 1) keeps everything anyway
+    if ctx.image_mask is not None:
+        variants["image_mask"] = ctx.image_mask
+    out, kept, count, kc, vc, attended = torch.ops.zipvl.prefill_attention(
+        query, key, value, ctx.probes, tau, bool(ctx.sparse_prefill), scale, int(h), int(key.shape[1]), int(d),
+        **variants)
+    ctx.outputs[i] = (kc, vc, count, kept) + ((attended,) if ctx.evict_tau else ())
     return out.transpose(1, 2).contiguous(), None
 
 

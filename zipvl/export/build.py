@@ -24,10 +24,11 @@ from .wrappers import describe
 log = logging.getLogger(__name__)
 
 OPS = ("standard", "plugin")
-# ZipVLConfig variant fields the engine graphs implement (the rest are reference-only so far); the probe set is the
+# ZipVLConfig variant fields the engine graphs implement (head_reduce="kv" is refused by value); the probe set is the
 # runtime's (the prefill graph takes the probe positions as an input), pooling and protection are in the graph
+# (protect_text: with the image mask as a graph input), tau_evict is a second kept set in the graph
 ENGINE_VARIANTS = ("sparse_prefill", "probe_set", "question_tokens", "pool", "pool_kernel", "protect_first",
-                   "protect_last", "head_reduce", "min_ratio")
+                   "protect_last", "protect_text", "head_reduce", "tau_evict", "min_ratio")
 # ... of which the TensorRT plugin lowering (ZipVLTokenSelect implements the paper's rule) has
 PLUGIN_VARIANTS = ("sparse_prefill", "probe_set", "question_tokens")
 PROCESSOR_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "processor_config.json",
@@ -91,6 +92,9 @@ def build_engine(model, out_dir: str | Path, ops: str = "standard", config: ZipV
     if config.head_reduce == "kv":
         raise ZipVLInputError("engines keep one KV set per layer, not head_reduce='kv' (a set per KV head: "
                               "reference-only); build with head_reduce='sum' or 'max'")
+    if config.protect_text and "image_token_id" not in desc:
+        raise ZipVLInputError(f"protect_text (preset 'visual_only') sparsifies visual tokens only, and "
+                              f"{desc['architecture']} has none: every token would be kept; build another preset")
     if config.pool == "avg":
         raise ZipVLInputError("engines implement pool='max' (MaxPool), not 'avg'; build with pool='max' or 'none'")
     plugin_unsupported = [k for k in config.variants() if k not in PLUGIN_VARIANTS]

@@ -133,16 +133,22 @@ def _prefill(model, desc, config, ops):
     probes = probe_positions(n, config).to(torch.int32)[None]
     seq = Dim("seq", min=2)
     dyn = ({1: seq}, {(2 if desc["mrope"] else 1): seq}, {1: Dim("probes", min=1, max=max(2, config.n_probes))})
+    args, inputs = (embeds, _positions(desc, 1, n), probes), ["inputs_embeds", "position_ids", "probes"]
+    if config.protect_text:  # the image mask: every token outside it is kept
+        image = torch.zeros(1, n, dtype=torch.bool)
+        image[:, 2: n // 2] = True
+        args, dyn, inputs = (*args, image), (*dyn, {1: seq}), [*inputs, "image_mask"]
+    evict_tau = config.evict_tau if config.tau_evict is not None else 0.0
     outputs = ["logits"]
     for i in range(desc["num_layers"]):
         outputs += [f"present.{i}.key", f"present.{i}.value", f"kept_count.{i}", f"kept_indices.{i}"]
+        outputs += [f"attended_count.{i}"] if evict_tau else []
     lowering = _lowering(ops)[0]
     fn = lowering.plugin_prefill_attention if ops == "plugin" else lowering.standard_prefill_attention
     table = {torch.ops.zipvl.prefill_attention.default: fn}
     graph = PrefillGraph(model, _prefill_taus(desc, config), config.sparse_prefill, prefill_selection(config),
-                         prefill_floors(desc, config))
-    return (graph, (embeds, _positions(desc, 1, n), probes), dyn, ["inputs_embeds", "position_ids", "probes"], outputs,
-            table)
+                         prefill_floors(desc, config), evict_tau)
+    return graph, args, dyn, inputs, outputs, table
 
 
 def _decode(model, desc, config, ops):

@@ -68,11 +68,13 @@ def _i64(*values):
 
 def plugin_prefill_attention(query, key, value, probes, tau: float, sparse: bool, scaling: float, num_heads: int,
                              num_kv_heads: int, head_dim: int, pool_kernel: int = 1, protect_first: int = 0,
-                             protect_last: int = 0, head_max: bool = False, floor_ratio: float = 0.0):
+                             protect_last: int = 0, head_max: bool = False, floor_ratio: float = 0.0,
+                             evict_tau: float = 0.0, image_mask=None):
     """TensorRT translation of :func:`zipvl.export.ops.prefill_attention` (B = 1): ZipVLTokenSelect + Attention.
-    The plugin implements the paper's rule: pooling and protected tokens are refused up front by zipvl-build."""
-    if pool_kernel > 1 or protect_first or protect_last or head_max or floor_ratio:
-        raise ValueError("ZipVLTokenSelect has no pooling / protected tokens / head max / floor "
+    The plugin implements the paper's rule: the variants are refused up front by zipvl-build."""
+    if pool_kernel > 1 or protect_first or protect_last or head_max or floor_ratio or evict_tau > tau or (
+            image_mask is not None):
+        raise ValueError("ZipVLTokenSelect has no pooling / protected tokens / head max / floor / tau_evict "
                          "(zipvl-build checks this first)")
     zero, one = _i64(0), _i64(1)
     n = op.Shape(key, start=2, end=3)  # (1,)
@@ -80,7 +82,8 @@ def plugin_prefill_attention(query, key, value, probes, tau: float, sparse: bool
         out, _pk, _pv, _qk = op.Attention(query, key, value, is_causal=1, scale=float(scaling))
         pos = op.Range(op.Constant(value_int=0), op.Squeeze(n, zero), op.Constant(value_int=1))
         kept = op.Unsqueeze(op.Cast(pos, to=onnx.TensorProto.INT32), zero)
-        return out, kept, op.Cast(n, to=onnx.TensorProto.INT32), op.Identity(key), op.Identity(value)
+        count = op.Cast(n, to=onnx.TensorProto.INT32)
+        return out, kept, count, op.Identity(key), op.Identity(value), op.Identity(count)
     common = {"scaling": float(scaling), "num_heads": int(num_heads), "num_kv_heads": int(num_kv_heads),
               "head_dim": int(head_dim), "plugin_version": PLUGIN_VERSION, "plugin_namespace": PLUGIN_NAMESPACE}
     kept, count, _mass = ZIPVL.ZipVLTokenSelect(query, key, probes, tau=float(tau), **common)
@@ -91,7 +94,8 @@ def plugin_prefill_attention(query, key, value, probes, tau: float, sparse: bool
     zero_f = op.Constant(value_float=0.0)
     if not sparse:  # dense prefill: every token over all n; the kept set only compacts the cache
         out, _pk, _pv, _qk = op.Attention(query, key, value, is_causal=1, scale=float(scaling))
-        return out, kept, count, op.Where(keep, gathered[1], zero_f), op.Where(keep, gathered[2], zero_f)
+        return (out, kept, count, op.Where(keep, gathered[1], zero_f), op.Where(keep, gathered[2], zero_f),
+                op.Identity(count))
     o, _pk, _pv, _qk = op.Attention(*gathered, is_causal=1, scale=float(scaling))  # rows < p: exact; rows >= p: discarded
     # Row r of o goes to position idx[r]; padding rows to a spare slot n, cut off afterwards.
     rows = op.Transpose(o, perm=[2, 0, 1, 3])  # (n, 1, H, d)
@@ -99,7 +103,8 @@ def plugin_prefill_attention(query, key, value, probes, tau: float, sparse: bool
     zeros = op.ConstantOfShape(spare, value=onnx.helper.make_tensor("z", onnx.TensorProto.FLOAT, [1], [0.0]))
     scattered = op.ScatterND(zeros, op.Unsqueeze(op.Where(valid, idx, n), one), rows)
     out = op.Transpose(op.Slice(scattered, zero, n, zero), perm=[1, 2, 0, 3])  # (1, H, n, d)
-    return out, kept, count, op.Where(keep, gathered[1], zero_f), op.Where(keep, gathered[2], zero_f)
+    return (out, kept, count, op.Where(keep, gathered[1], zero_f), op.Where(keep, gathered[2], zero_f),
+            op.Identity(count))
 
 
 def plugin_decode_attention(query, key, value, past_key, past_value, past_length, scaling: float, num_heads: int,

@@ -87,13 +87,16 @@ def _causal_gqa(q_rows, k_rows, v_rows, length, h: int, h_kv: int, scaling: floa
 
 def standard_prefill_attention(query, key, value, probes, tau: float, sparse: bool, scaling: float, num_heads: int,
                                num_kv_heads: int, head_dim: int, pool_kernel: int = 1, protect_first: int = 0,
-                               protect_last: int = 0, head_max: bool = False, floor_ratio: float = 0.0):
+                               protect_last: int = 0, head_max: bool = False, floor_ratio: float = 0.0,
+                               evict_tau: float = 0.0, image_mask=None):
     """Standard-op + GroupQueryAttention translation of :func:`zipvl.export.ops.prefill_attention` (B = 1).
 
-    query (1, H, n, d), key/value (1, H_kv, n, d), probes (1, m) int32 -> the op's five outputs.
-    ``pool_kernel`` > 1: MaxPool of mass and score before the tau rule; ``protect_first`` / ``protect_last``:
-    always-kept tokens, the tau rule on the rest (:func:`zipvl.reference.variants.keep_set`); ``head_max``: the
-    mass is the max over query heads; ``floor_ratio`` > 0: at least ceil(floor_ratio * n) tokens kept.
+    query (1, H, n, d), key/value (1, H_kv, n, d), probes (1, m) int32 -> the op's six outputs.
+    ``pool_kernel`` > 1: MaxPool of mass and score before the tau rule; ``protect_first`` / ``protect_last`` and,
+    with ``image_mask`` (1, n) bool, every text token: always-kept tokens, the tau rule on the rest
+    (:func:`zipvl.reference.variants.keep_set`); ``head_max``: the mass is the max over query heads;
+    ``floor_ratio`` > 0: at least ceil(floor_ratio * n) tokens kept; ``evict_tau`` > tau: a second, larger set from
+    the same mass and score for the cache (the sparse attention keeps the tau set).
     """
     h, h_kv, d = num_heads, num_kv_heads, head_dim
     g = h // h_kv
@@ -105,7 +108,8 @@ def standard_prefill_attention(query, key, value, probes, tau: float, sparse: bo
     if tau >= 1.0:  # a dense layer: one fused causal attention over all n tokens, every token kept
         out = _heads(_causal_gqa(q_rows, k_rows, v_rows, n, h, h_kv, scaling), h, d)
         kept = op.Unsqueeze(op.Cast(pos, to=_INT32), zero)
-        return out, kept, op.Cast(n, to=_INT32), op.Identity(key), op.Identity(value)
+        count = op.Cast(n, to=_INT32)
+        return out, kept, count, op.Identity(key), op.Identity(value), op.Identity(count)
 
     q = op.Squeeze(query, zero)  # (H, n, d)
     k = op.Squeeze(key, zero)  # (H_kv, n, d)
@@ -133,35 +137,46 @@ def standard_prefill_attention(query, key, value, probes, tau: float, sparse: bo
         mass, score = _max_pool(mass, pool_kernel), _max_pool(score, pool_kernel)
         total = op.ReduceSum(op.Cast(mass, to=onnx.TensorProto.DOUBLE), keepdims=0)
     floor = _floor_count(n, floor_ratio) if floor_ratio > 0 else None
-    if protect_first or protect_last:
-        idx, count = _protected_keep(mass, score, pos, n, tau, protect_first, protect_last, floor)
-    else:
-        # Step 4: p = smallest count whose descending mass reaches tau * total (fp64 cumulative sum, as the reference)
-        count = _tau_count(mass, n, op.Mul(total, _f64(tau)))  # (1,)
+    protected = _protected(pos, n, protect_first, protect_last, image_mask)
+
+    def keep(t: float):
+        """Steps 4-5 at threshold t -> (ascending kept positions (p,), p (1,))."""
+        if t >= 1.0:  # every token (the rule's fp64 sum could round one off)
+            return pos, n
+        if protected is not None:
+            return _protected_keep(mass, score, protected, n, t, floor)
+        # Step 4: p = smallest count whose descending mass reaches t * total (fp64 cumulative sum, as the reference)
+        count = _tau_count(mass, n, op.Mul(total, _f64(t)))  # (1,)
         if floor is not None:
             count = op.Max(count, floor)
         # Step 5: the p best scores, then ascending positions.
         _top_val, top = op.TopK(score, count, axis=-1, largest=1, sorted=1)  # ties -> lower index (ONNX spec)
         idx, _idx_pos = op.TopK(top, count, axis=-1, largest=0, sorted=1)  # (p,) ascending
+        return idx, count
+
+    idx, count = keep(tau)
+    # tau_evict: the cache keeps the larger set of the same rule (a superset); the attention keeps the tau set
+    cache_idx, cache_count = keep(evict_tau) if evict_tau > tau else (idx, count)
 
     # Step 6: fused causal attention over the p gathered tokens (original order), scattered back; zero elsewhere.
     # Dense prefill (sparse=False): every token attends over all n; the kept set only compacts the cache.
-    kg, vg = op.Gather(k_rows, idx, axis=0), op.Gather(v_rows, idx, axis=0)  # (p, H_kv*d)
     if sparse:
-        o = _causal_gqa(op.Gather(q_rows, idx, axis=0), kg, vg, count, h, h_kv, scaling)  # (p, H*d)
+        q_t, k_t, v_t = (op.Gather(x, idx, axis=0) for x in (q_rows, k_rows, v_rows))  # (p, heads*d)
+        o = _causal_gqa(q_t, k_t, v_t, count, h, h_kv, scaling)  # (p, H*d)
         zeros = op.ConstantOfShape(op.Shape(q_rows), value=onnx.helper.make_tensor("z", _FLOAT, [1], [0.0]))
         out = _heads(op.ScatterND(zeros, op.Unsqueeze(idx, one), o), h, d)
     else:
         out = _heads(_causal_gqa(q_rows, k_rows, v_rows, n, h, h_kv, scaling), h, d)
 
-    # Step 7 outputs at capacity n: K[T]/V[T] first, zero after; indices padded with -1.
-    rest = op.Sub(n, count)
+    # Step 7 outputs at capacity n: the cache set's K/V first, zero after; indices padded with -1.
+    kg, vg = op.Gather(k_rows, cache_idx, axis=0), op.Gather(v_rows, cache_idx, axis=0)  # (p, H_kv*d)
+    rest = op.Sub(n, cache_count)
     kv_pads = op.Concat(_i64(0, 0, 0, 0, 0, 0), rest, _i64(0), axis=0)  # (1, H_kv, p, d) -> (1, H_kv, n, d)
     key_compact = op.Pad(_heads(kg, h_kv, d), kv_pads, op.Constant(value_float=0.0))
     value_compact = op.Pad(_heads(vg, h_kv, d), kv_pads, op.Constant(value_float=0.0))
     idx_pads = op.Concat(_i64(0, 0, 0), rest, axis=0)
-    kept = op.Pad(op.Unsqueeze(op.Cast(idx, to=_INT32), zero), idx_pads, _i32_scalar(-1))
-    return out, kept, op.Cast(count, to=_INT32), key_compact, value_compact
+    kept = op.Pad(op.Unsqueeze(op.Cast(cache_idx, to=_INT32), zero), idx_pads, _i32_scalar(-1))
+    return out, kept, op.Cast(cache_count, to=_INT32), key_compact, value_compact, op.Cast(count, to=_INT32)
 
 
 def standard_decode_attention(query, key, value, past_key, past_value, past_length, scaling: float, num_heads: int,
@@ -202,10 +217,22 @@ def _floor_count(n, ratio: float):
     return op.Min(op.Max(op.Cast(want, to=_INT64), _i64(1)), n)
 
 
-def _protected_keep(mass, score, pos, n, tau: float, first: int, last: int, floor=None):
-    """keep_set with protection: the first / last tokens always, plus the smallest number of the others whose mass
-    reaches tau of theirs (at least ``floor`` tokens in all), by score -> (ascending kept positions (p,), p (1,))."""
-    protected = op.Or(op.Less(pos, _i64(first)), op.GreaterOrEqual(pos, op.Sub(n, _i64(last))))  # (n,)
+def _protected(pos, n, first: int, last: int, image_mask=None):
+    """(n,) bool of the always-kept tokens: the first / last ones, every text token (outside ``image_mask``
+    (1, n)); None when nothing is protected."""
+    masks = []
+    if first or last:
+        masks.append(op.Or(op.Less(pos, _i64(first)), op.GreaterOrEqual(pos, op.Sub(n, _i64(last)))))
+    if image_mask is not None:
+        masks.append(op.Not(op.Reshape(op.Cast(image_mask, to=onnx.TensorProto.BOOL), _i64(-1))))
+    if not masks:
+        return None
+    return masks[0] if len(masks) == 1 else op.Or(masks[0], masks[1])
+
+
+def _protected_keep(mass, score, protected, n, tau: float, floor=None):
+    """keep_set with protection: the ``protected`` (n,) tokens always, plus the smallest number of the others whose
+    mass reaches tau of theirs (at least ``floor`` tokens in all), by score -> (ascending kept positions (p,), p (1,))."""
     rest_mass = op.Where(protected, _f32(0.0), mass)
     rest = op.Sub(n, op.ReduceSum(op.Cast(protected, to=_INT64), keepdims=1))  # (1,) unprotected tokens
     threshold = op.Mul(op.ReduceSum(op.Cast(rest_mass, to=onnx.TensorProto.DOUBLE), keepdims=0), _f64(tau))

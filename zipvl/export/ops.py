@@ -14,6 +14,7 @@ import torch
 
 from ..config import ZipVLConfig
 from ..reference.policy import ZipVLPolicy, kept_budget
+from ..reference.selection import kept_positions
 from ..reference.sparse import sparse_attention
 
 
@@ -34,7 +35,9 @@ def prefill_attention(
     protect_last: int = 0,
     head_max: bool = False,
     floor_ratio: float = 0.0,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    evict_tau: float = 0.0,
+    image_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """ZipVL prefill attention for one layer (method steps 1-7).
 
     Parameters
@@ -50,33 +53,38 @@ def prefill_attention(
         (``ZipVLConfig.protect_first`` / ``protect_last``; preset "evict_question")
     head_max : the mass is the max over query heads instead of the sum (``head_reduce="max"``)
     floor_ratio : at least ceil(floor_ratio * n) tokens kept (``ZipVLConfig.min_ratio`` of this layer)
+    evict_tau : > tau: the cache keeps the larger evict_tau set (same score, larger count) while the sparse
+        attention uses the tau set (``ZipVLConfig.tau_evict``, preset "safe_evict"); 0: the cache keeps the tau set
+    image_mask : (B, n) bool or None; given: every token outside it (text) is always kept (``protect_text``,
+        preset "visual_only")
 
     Returns
     -------
     attn_out : (B, H, n, d), zero rows outside the kept set T (sparse), or every row (dense)
-    kept_indices : (B, n) int32, ascending kept positions, first ``kept_count`` valid, rest -1
+    kept_indices : (B, n) int32, ascending positions the cache keeps, first ``kept_count`` valid, rest -1
     kept_count : (B,) int32
     key_compact, value_compact : (B, H_kv, n, d), first ``kept_count`` entries = K[T] / V[T], rest zero
+    attended_count : (B,) int32, |T| at tau (what the sparse attention used); kept_count unless evict_tau > tau
     """
     config = ZipVLConfig(tau=tau, pool="max" if pool_kernel > 1 else "none", pool_kernel=max(1, pool_kernel),
-                         protect_first=protect_first, protect_last=protect_last,
-                         head_reduce="max" if head_max else "sum")
+                         protect_first=protect_first, protect_last=protect_last, protect_text=image_mask is not None,
+                         head_reduce="max" if head_max else "sum", tau_evict=evict_tau if evict_tau > tau else None)
     floor = kept_budget(query.shape[2], floor_ratio) if floor_ratio > 0 else 0
     # The reference policy's own selection on the given probes (the runtime computes them, as the reference does).
-    sel = ZipVLPolicy(config).select_on(query, key, probes.long(), scaling, floor=floor)
+    sel = ZipVLPolicy(config).select_on(query, key, probes.long(), scaling, image=image_mask, floor=floor)
     out = sparse_attention(query, key, value, sel.kept if sparse else torch.ones_like(sel.kept), scaling)
-    idx = sel.indices(pad=-1)
-    count = sel.count
+    idx = kept_positions(sel.cache_kept, pad=-1)
+    count = sel.cache_kept.sum(dim=-1)
     safe = idx.clamp(min=0)[:, None, :, None].expand_as(key)
     valid = (idx >= 0)[:, None, :, None]
     kc = torch.where(valid, torch.gather(key, 2, safe), torch.zeros((), dtype=key.dtype))
     vc = torch.where(valid, torch.gather(value, 2, safe), torch.zeros((), dtype=value.dtype))
-    return out, idx.to(torch.int32), count.to(torch.int32), kc, vc
+    return out, idx.to(torch.int32), count.to(torch.int32), kc, vc, sel.count.to(torch.int32)
 
 
 @prefill_attention.register_fake
 def _(query, key, value, probes, tau, sparse, scaling, num_heads, num_kv_heads, head_dim, pool_kernel=1,
-      protect_first=0, protect_last=0, head_max=False, floor_ratio=0.0):
+      protect_first=0, protect_last=0, head_max=False, floor_ratio=0.0, evict_tau=0.0, image_mask=None):
     b, _, n, _ = query.shape
     return (
         torch.empty_like(query),
@@ -84,6 +92,7 @@ def _(query, key, value, probes, tau, sparse, scaling, num_heads, num_kv_heads, 
         query.new_empty((b,), dtype=torch.int32),
         torch.empty_like(key),
         torch.empty_like(value),
+        query.new_empty((b,), dtype=torch.int32),
     )
 
 

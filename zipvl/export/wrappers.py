@@ -133,22 +133,25 @@ class Qwen2VLVisionGraph(nn.Module):
 
 
 class PrefillGraph(nn.Module):
-    """inputs_embeds (1, n, hidden), position_ids (1, n) or (3, 1, n), probes (1, m) int32 ->
-    logits (1, vocab) of the last position, then per layer key/value (1, H_kv, n, d) compacted (first kept_count
-    valid), kept_count (1,) int32, kept_indices (1, n) int32."""
+    """inputs_embeds (1, n, hidden), position_ids (1, n) or (3, 1, n), probes (1, m) int32 [, image_mask (1, n) bool
+    with protect_text] -> logits (1, vocab) of the last position, then per layer key/value (1, H_kv, n, d) compacted
+    (first kept_count valid), kept_count (1,) int32, kept_indices (1, n) int32 [, attended_count (1,) int32 with
+    tau_evict: the sparse attention's own count]."""
 
     def __init__(self, model, taus: list[float], sparse_prefill: bool = True, selection: dict | None = None,
-                 floors: list[float] | None = None):
+                 floors: list[float] | None = None, evict_tau: float = 0.0):
         super().__init__()
         self.text, self.lm_head = text_parts(model)
         self.taus = [float(t) for t in taus]
         self.sparse_prefill = bool(sparse_prefill)
         self.selection = dict(selection or {})  # the op's variant attributes (graphs.prefill_selection)
         self.floors = [float(f) for f in floors or []]  # per-layer min kept ratio; [] = none
+        self.evict_tau = float(evict_tau)
 
-    def forward(self, inputs_embeds, position_ids, probes):
+    def forward(self, inputs_embeds, position_ids, probes, image_mask=None):
         ctx = ExportContext(probes=probes, taus=self.taus, sparse_prefill=self.sparse_prefill,
-                            selection=self.selection, floors=self.floors)
+                            selection=self.selection, floors=self.floors, evict_tau=self.evict_tau,
+                            image_mask=image_mask)
         with active(ctx):
             hs = self.text(inputs_embeds=inputs_embeds, position_ids=position_ids, use_cache=False).last_hidden_state
         outs = [self.lm_head(hs[:, -1, :])]

@@ -150,13 +150,18 @@ class Selection:
 
     def indices(self, capacity: int | None = None, pad: int = -1) -> torch.Tensor:
         """Kept positions ascending, fixed capacity (default n), padded with ``pad``: the plugins' output layout."""
-        n = self.kept.shape[-1]
-        capacity = n if capacity is None else capacity
-        positions = torch.arange(n, device=self.kept.device).expand_as(self.kept)
-        # Non-kept positions sort after every kept one; stable sort keeps the kept ones ascending.
-        keyed = torch.where(self.kept, positions, positions + n)
-        out = torch.sort(keyed, dim=-1, stable=True).values[:, :capacity]
-        return torch.where(out < n, out, torch.full_like(out, pad))
+        return kept_positions(self.kept, capacity, pad)
+
+
+def kept_positions(kept: torch.Tensor, capacity: int | None = None, pad: int = -1) -> torch.Tensor:
+    """(..., n) bool -> the True positions ascending, fixed capacity (default n), padded with ``pad``."""
+    n = kept.shape[-1]
+    capacity = n if capacity is None else capacity
+    positions = torch.arange(n, device=kept.device).expand_as(kept)
+    # Non-kept positions sort after every kept one; stable sort keeps the kept ones ascending.
+    keyed = torch.where(kept, positions, positions + n)
+    out = torch.sort(keyed, dim=-1, stable=True).values[..., :capacity]
+    return torch.where(out < n, out, torch.full_like(out, pad))
 
 
 def _check_shapes(query: torch.Tensor, key: torch.Tensor, probes: torch.Tensor) -> None:

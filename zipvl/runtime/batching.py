@@ -316,7 +316,7 @@ class Scheduler:
         deltas = np.array([r.pre.rope_delta for r in rows], dtype=np.int64)
         tokens = np.array([r.tokens[-1] for r in rows], dtype=np.int64)
         step = e.decode_step(self._io, self.cache, tokens, lengths + deltas, indices=lengths)
-        interval = e.config.decode_interval
+        interval = e.reselect_interval
         due = []
         for j, r in enumerate(rows):
             r.steps += 1
@@ -325,7 +325,7 @@ class Scheduler:
                 due.append(j)
         if due:  # every due row has pending == interval: one window for all of them
             for i, layer in enumerate(self.cache.layers):
-                layer.reselect(step.queries[i], interval, e.config.tau, e.scaling, rows=due)
+                layer.reselect(step.queries[i], interval, e.config.evict_tau, e.scaling, rows=due)
             for j in due:
                 rows[j].pending = 0
                 rows[j].reselections += 1

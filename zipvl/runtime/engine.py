@@ -30,11 +30,16 @@ class PrefillResult:
 
     length: int
     logits: np.ndarray
-    counts: list[int]
+    counts: list[int]  # per layer: what the cache keeps
     indices: list[np.ndarray]
     keys: list[np.ndarray]  # (H_kv, n, d), first count valid
     values: list[np.ndarray]
     rope_delta: int = 0
+    attended: list[int] | None = None  # per layer: the sparse attention's count when it differs (tau_evict)
+
+    @property
+    def attended_counts(self) -> list[int]:
+        return self.counts if self.attended is None else self.attended
 
 
 @dataclass
@@ -105,15 +110,25 @@ class Engine:
             raise ZipVLInputError("empty prompt")
         embeds, positions, delta = prepare(self.desc, self.embed, self.vision, prompt, self.newline)
         probes = self.probes(prompt).numpy().astype(np.int32)[None]
-        outs = self.prefill_session.run(None, {"inputs_embeds": embeds, "position_ids": positions, "probes": probes})
-        counts, indices, keys, values = [], [], [], []
+        feed = {"inputs_embeds": embeds, "position_ids": positions, "probes": probes}
+        if self.config.protect_text:  # the graph keeps every token outside the mask
+            feed["image_mask"] = self.image_mask(prompt)[None]
+        outs = self.prefill_session.run(None, feed)
+        per_layer = 5 if self.config.tau_evict is not None else 4  # + attended_count.{i}
+        counts, indices, keys, values, attended = [], [], [], [], []
         for i in range(self.num_layers):
-            k, v, c, idx = outs[1 + 4 * i: 5 + 4 * i]
+            k, v, c, idx, *att = outs[1 + per_layer * i: 1 + per_layer * (i + 1)]
             counts.append(int(c[0]))
             indices.append(idx[0, : int(c[0])].astype(np.int64))
             keys.append(k[0])
             values.append(v[0])
-        return PrefillResult(n, outs[0][0], counts, indices, keys, values, delta)
+            attended += [int(a[0]) for a in att]
+        return PrefillResult(n, outs[0][0], counts, indices, keys, values, delta, attended or None)
+
+    def image_mask(self, prompt: Prompt) -> np.ndarray:
+        """(n,) bool: the prompt's visual tokens (its image-token placeholders); all False for a text model."""
+        image = self.desc.get("image_token_id")
+        return np.asarray(prompt.input_ids) == (-1 if image is None else image)
 
     def probes(self, prompt: Prompt):
         """The prompt's probe positions, as the reference policy picks them (the prefill graph takes them as input):
@@ -122,11 +137,15 @@ class Engine:
         n = len(prompt.input_ids)
         if self.config.probe_set == "paper":
             return probe_positions(n, self.config)
-        image = self.desc.get("image_token_id")
         import torch
 
-        mask = np.asarray(prompt.input_ids) == (-1 if image is None else image)
-        return span_probes(n, self.config, torch.from_numpy(mask)[None])
+        return span_probes(n, self.config, torch.from_numpy(self.image_mask(prompt))[None])
+
+    @property
+    def reselect_interval(self) -> int:
+        """Generated tokens between decode re-selections; 0 = none (protect_text: generated tokens are text, and
+        text is never evicted, as in the reference policy)."""
+        return 0 if self.config.protect_text else self.config.decode_interval
 
     # ---------------------------------------------------------------- generate
     def check_request(self, prompts: list[Prompt], max_new_tokens: int) -> None:
@@ -174,7 +193,7 @@ class Engine:
                 done |= tokens[-1] == eos_token_id
             step = self.decode_step(io, cache, tokens[-1], lengths + t + deltas, indices=lengths + t)
             pending += 1
-            interval = self.config.decode_interval
+            interval = self.reselect_interval
             if interval and pending >= interval:
                 result.decode_stats.append(self._reselect(cache, step, pending))
                 pending = 0
@@ -231,7 +250,7 @@ class Engine:
         kv_entry = 2 * self.desc["num_kv_heads"] * self.desc["head_dim"] * 4
         for i, layer in enumerate(cache.layers):
             before = kv_entry * int(layer.lengths.sum())
-            kept = layer.reselect(step.queries[i], window, self.config.tau, self.scaling)
+            kept = layer.reselect(step.queries[i], window, self.config.evict_tau, self.scaling)
             stats.layers.append(LayerStats(layer=i, phase="decode", mode="reselect", length=[window] * len(kept),
                                            kept=kept, kv_bytes_before=before,
                                            kv_bytes_after=kv_entry * int(layer.lengths.sum()),
@@ -245,17 +264,20 @@ class Engine:
         stats = ForwardStats(phase="prefill")
         lengths = [p.length for p in prefills]
         for i in range(self.num_layers):
-            kept = [p.counts[i] for p in prefills]
+            cached = [p.counts[i] for p in prefills]
             dense = i in self.config.dense_layers
             probe = 0 if dense else sum(probe_flops(n, min(n, self.config.n_probes), h, hd) for n in lengths)
             # a dense-prefill engine (sparse_prefill False) attends over all n and pays the probe on top, as the
             # reference bills its evict-only mode
             sparse = self.config.sparse_prefill or dense
+            # the reference's billing: a sparse layer counts what its attention kept (tau_evict: fewer than the
+            # cache holds), an evict-only layer what the cache kept
+            kept = [p.attended_counts[i] for p in prefills] if sparse else cached
             attended = kept if sparse else lengths
             stats.layers.append(LayerStats(
                 layer=i, phase="prefill", mode="dense_layer" if dense else ("sparse" if sparse else "evict_only"),
                 length=list(lengths), kept=kept,
                 attn_flops_dense=sum(causal_attention_flops(n, h, hd) for n in lengths),
                 attn_flops_zipvl=sum(causal_attention_flops(p, h, hd) for p in attended) + probe, probe_flops=probe,
-                kv_bytes_before=kv_entry * sum(lengths), kv_bytes_after=kv_entry * sum(kept), cache_length=kept))
+                kv_bytes_before=kv_entry * sum(lengths), kv_bytes_after=kv_entry * sum(cached), cache_length=cached))
         return stats

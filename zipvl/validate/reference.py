@@ -20,11 +20,11 @@ from ..runtime.multimodal import Prompt
 
 
 class RecordingPolicy(ZipVLPolicy):
-    """ZipVLPolicy that records each selection's kept positions and scores: ``records[layer]`` / ``scores[layer]``
-    list one (n_row,) array per row, in call order (one call per row when the batch is padded, one call for the
-    batch otherwise).
+    """ZipVLPolicy that records each selection's cache set (what the engine's ``kept_indices`` report: the kept set,
+    or the larger tau_evict set) and scores: ``records[layer]`` / ``scores[layer]`` list one (n_row,) array per row,
+    in call order (one call per row when the batch is padded, one call for the batch otherwise).
 
-    ``forced[layer]`` (optional, rows in the same order): use these kept positions instead of the reference's own
+    ``forced[layer]`` (optional, rows in the same order): use these cache sets instead of the reference's own
     choice, while still recording the reference's own choice on the same inputs. Validation uses it to follow the
     engine's path after an fp32 near-tie, so every later layer is still checked against the reference.
     """
@@ -39,7 +39,7 @@ class RecordingPolicy(ZipVLPolicy):
         sel = super().select(query, key, scaling, ctx)
         i = ctx.layer_idx
         start = len(self.records.get(i, []))
-        for row, score in zip(sel.kept, sel.score):
+        for row, score in zip(sel.cache_kept, sel.score):
             self.records.setdefault(i, []).append(row.nonzero().squeeze(-1).numpy())
             self.scores.setdefault(i, []).append(score.double().numpy())
         if self.forced is None or i not in self.forced:
@@ -47,6 +47,9 @@ class RecordingPolicy(ZipVLPolicy):
         kept = torch.zeros_like(sel.kept)
         for r in range(kept.shape[0]):
             kept[r, torch.from_numpy(np.asarray(self.forced[i][start + r], dtype=np.int64))] = True
+        if sel.evict is not None:  # the engine reports its cache set; the attention keeps the reference's tau set
+            return Selection(kept=sel.kept, count=sel.count, mass=sel.mass, score=sel.score, probes=sel.probes,
+                             evict=kept)
         return Selection(kept=kept, count=kept.sum(-1), mass=sel.mass, score=sel.score, probes=sel.probes)
 
 
@@ -56,7 +59,7 @@ class ReferenceRun:
     logits: list[np.ndarray]  # T x (B, vocab)
     kept: list[list[np.ndarray]]  # [layer][row] ascending kept positions (in the unpadded prompt)
     scores: list[list[np.ndarray | None]]  # [layer][row] the reference's normalised scores (None: dense layer)
-    prefill_counts: list[list[int]]  # [layer][row]
+    prefill_counts: list[list[int]]  # [layer][row] cache entries after prefill
     cache_lengths: list[list[int]]  # [layer][row] after generation
     retained: list[list[np.ndarray]]  # [layer][row] original positions the cache holds after generation
     prefill_stats: object
@@ -128,7 +131,8 @@ def run_reference(model, prompts: list[Prompt], desc: dict, config: ZipVLConfig,
             rows = [np.arange(len(p.input_ids)) for p in prompts]
         kept.append(rows[-b:])
         scores.append(policy.scores.get(layer, [None] * b)[-b:])
-    counts = [list(s.kept) for s in sorted(state.prefill_stats.layers, key=lambda s: s.layer)]
+    # what each layer's cache holds after prefill (the stats' ``kept`` is the attention's count)
+    counts = [list(s.cache_length) for s in sorted(state.prefill_stats.layers, key=lambda s: s.layer)]
     pads = [n_in - len(p.input_ids) for p in prompts]  # left padding shifts every slot of a row
     retained = [[(layer.slots[r][layer.valid[r]] - pads[r]).numpy() for r in range(b)] for layer in cache.layers]
     return ReferenceRun(tokens=out.sequences[:, n_in:].numpy(), logits=[x.float().numpy() for x in out.logits],
