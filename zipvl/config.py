@@ -63,7 +63,8 @@ class ZipVLConfig:
         "max" over query heads (a token any head needs); with "max" the tau rule uses the max-reduced mass's own
         total. "kv": one set per KV head (Ada-KV's granularity): the tau rule and the ranking run on each KV head's
         own mass (its query group's probe rows), so heads keep different tokens and different counts. Eviction only
-        (needs ``sparse_prefill=False``, no ``tau_evict``); reference-only: the engines keep one set per layer.
+        (needs ``sparse_prefill=False``, no ``tau_evict``); engines keep a cache length per KV head (standard
+        lowering only).
     sparse_prefill : bool
         False: dense prefill attention; the kept set only decides the KV eviction (as the SnapKV baseline).
     tau_evict : float or None
@@ -240,7 +241,7 @@ PRESETS: dict[str, tuple[str, dict]] = {
                              {"sparse_prefill": False, "probe_set": "question", "pool": "max", "pool_kernel": 5,
                               "protect_first": 4, "protect_last": 32, "head_reduce": "max"}),
     "evict_question_kv": (("evict_question with one kept set per KV head (Ada-KV's granularity) instead of one per "
-                           "layer; reference-only"),
+                           "layer"),
                           {"sparse_prefill": False, "probe_set": "question", "pool": "max", "pool_kernel": 5,
                            "protect_first": 4, "protect_last": 32, "tau": 0.985, "head_reduce": "kv"}),
     "safe_evict": ("sparse prefill at tau, KV eviction at the stricter tau_evict = 0.99", {"tau_evict": 0.99}),

@@ -10,11 +10,11 @@ from zipvl.export.cli import main
 from zipvl.validate.tiny import tiny_engine, tiny_model_dir
 
 
-def test_preset_needing_an_unexported_variant_is_one_clear_error(capsys):
-    rc = main([str(tiny_model_dir("llava")), "-o", "/tmp/never-written", "--preset", "evict_question_kv", "--jobs",
-               "1"])
+def test_per_kv_head_preset_refuses_the_plugin_lowering(capsys):
+    rc = main([str(tiny_model_dir("llava")), "-o", "/tmp/never-written", "--preset", "evict_question_kv", "--ops",
+               "plugin", "--jobs", "1"])
     err = capsys.readouterr().err
-    assert rc == 2 and "head_reduce='kv'" in err and "Traceback" not in err
+    assert rc == 2 and "head_reduce='kv'" in err and "--ops standard" in err and "Traceback" not in err
 
 
 def test_visual_only_needs_a_model_with_visual_tokens(capsys):

@@ -30,7 +30,8 @@ class Toy(torch.nn.Module):
 
     def forward(self, q, k, v, probes, image=None):
         return torch.ops.zipvl.prefill_attention(q, k, v, probes, self.tau, self.sparse, D**-0.5, H, HKV, D,
-                                                 *self.selection, image_mask=image)
+                                                 *self.selection[:6], image_mask=image,
+                                                 per_kv_head=bool(self.selection[6:7] and self.selection[6]))
 
 
 def _inputs(n, seed=0, masked=False):
@@ -76,10 +77,14 @@ EVICT_AND_TEXT_VARIANTS = [(0.9, True, (1, 0, 0, False, 0.0, 0.99), False),
                            (0.7, False, (1, 0, 0, False, 0.0, 1.0), False),
                            (0.9, True, (1, 0, 0, False, 0.0, 0.0), True),
                            (0.8, True, (5, 0, 4, False, 0.0, 0.95), True)]
+# one kept set per KV head (dense prefill; preset "evict_question_kv"): alone, pooled + protected, with a floor
+PER_KV_HEAD_VARIANTS = [(0.9, False, (1, 0, 0, False, 0.0, 0.0, True), False),
+                        (0.9, False, (5, 2, 4, False, 0.0, 0.0, True), False),
+                        (0.5, False, (1, 0, 0, False, 0.6, 0.0, True), True)]
 
 
 @pytest.fixture(scope="module", params=[(*v, (1, 0, 0), False) for v in VARIANTS]
-                + [(*v, False) for v in SELECTION_VARIANTS] + EVICT_AND_TEXT_VARIANTS)
+                + [(*v, False) for v in SELECTION_VARIANTS] + EVICT_AND_TEXT_VARIANTS + PER_KV_HEAD_VARIANTS)
 def standard(request, tmp_path_factory):
     lowering_standard.register_schemas()
     tau, sparse, selection, masked = request.param
@@ -98,8 +103,9 @@ def plugin(request, tmp_path_factory):
 
 def _check(session, tau, sparse, n, seed, selection=(1, 0, 0), masked=False):
     inputs = _inputs(n, seed, masked)
-    ref = prefill_attention(*inputs[:4], tau, sparse, D**-0.5, H, HKV, D, *selection,
-                            image_mask=inputs[4] if masked else None)
+    ref = prefill_attention(*inputs[:4], tau, sparse, D**-0.5, H, HKV, D, *selection[:6],
+                            image_mask=inputs[4] if masked else None,
+                            per_kv_head=bool(selection[6:7] and selection[6]))
     got = session.run(None, {name: t.numpy() for name, t in zip(NAMES, inputs)})
     assert np.array_equal(got[1], ref[1].numpy()) and np.array_equal(got[2], ref[2].numpy())  # same kept set
     assert np.array_equal(got[5], ref[5].numpy())  # same attention count
@@ -114,6 +120,9 @@ def _check(session, tau, sparse, n, seed, selection=(1, 0, 0), masked=False):
 def test_standard_lowering_matches_reference(standard, n, seed):
     tau, sparse, selection, masked, path = standard
     got = _check(create_session(path), tau, sparse, n, seed, selection, masked)
+    if len(selection) > 6:  # per KV head: each head's own set, its own entries compacted
+        _check_per_kv_head(got, _inputs(n, seed, masked), selection, n)
+        return
     count, attended = int(got[2][0]), int(got[5][0])
     if len(selection) >= 5 and selection[4] > 0:  # the floor is what the engine keeps at least
         assert count >= np.ceil(selection[4] * n - 1e-9)
@@ -129,6 +138,24 @@ def test_standard_lowering_matches_reference(standard, n, seed):
         assert set(text) <= set(got[1][0, :count].tolist())
 
 
+def _check_per_kv_head(got, inputs, selection, n):
+    _q, k, v, _probes = inputs[:4]
+    counts = got[2][0]
+    assert got[1].shape == (1, HKV, n) and counts.shape == (HKV,) and np.array_equal(got[5], got[2])
+    for j in range(HKV):
+        idx = got[1][0, j, : counts[j]]
+        assert (np.diff(idx) > 0).all() and (got[1][0, j, counts[j]:] == -1).all()
+        np.testing.assert_array_equal(got[3][0, j, : counts[j]], k[0, j, idx].numpy())
+        np.testing.assert_array_equal(got[4][0, j, counts[j]:], 0)
+        if selection[1] or selection[2]:
+            assert {*range(min(n, selection[1])), *range(max(0, n - selection[2]), n)} <= set(idx.tolist())
+        if selection[4] > 0:
+            assert counts[j] >= np.ceil(selection[4] * n - 1e-9)
+    if len(inputs) > 4:
+        text = np.flatnonzero(~inputs[4][0].numpy())
+        assert all(set(text) <= set(got[1][0, j, : counts[j]].tolist()) for j in range(HKV))
+
+
 def test_standard_lowering_fuses_every_attention(standard):
     tau, sparse, selection, _masked, path = standard
     model = onnx.load(str(path))
@@ -136,7 +163,8 @@ def test_standard_lowering_fuses_every_attention(standard):
     assert {node.domain for node in model.graph.node} <= {"", "ai.onnx", MS_DOMAIN}
     assert ops.count("GroupQueryAttention") == 1  # the causal attention over the p (tau = 1: n) tokens
     if tau < 1.0:
-        assert {"TopK", "CumSum", "Pad"} <= set(ops) and ("ScatterND" in ops) == sparse
+        compaction = "GatherElements" if len(selection) > 6 else "Pad"  # per KV head: each head's own rows
+        assert {"TopK", "CumSum", compaction} <= set(ops) and ("ScatterND" in ops) == sparse
         assert ops.count("Softmax") == 1  # the probe attention (m x n), nothing else
         assert ("MaxPool" in ops) == (selection[0] > 1)
     else:  # exactly dense: no probe, no threshold
@@ -194,8 +222,13 @@ def test_plugin_lowering_runs_in_onnxruntime(plugin, n, seed):
 
 
 class DecodeToy(torch.nn.Module):
+    def __init__(self, per_kv_head=False):
+        super().__init__()
+        self.per_kv_head = per_kv_head
+
     def forward(self, q, k, v, past_k, past_v, length):
-        return torch.ops.zipvl.decode_attention(q, k, v, past_k, past_v, length, D**-0.5, H, HKV, D)
+        return torch.ops.zipvl.decode_attention(q, k, v, past_k, past_v, length, D**-0.5, H, HKV, D,
+                                                per_kv_head=self.per_kv_head)
 
 
 def _decode_inputs(b, c, lengths, seed):
@@ -253,3 +286,47 @@ def test_decode_reference_is_plain_attention():
         torch.testing.assert_close(out[r, :, 0].double(), (w @ vals).reshape(H, D), atol=1e-6, rtol=1e-6)
         assert torch.equal(present_k[r, :, n], k[r, :, 0]) and torch.equal(present_k[r, :, :n], pk[r, :, :n])
         assert torch.equal(present_k[r, :, n + 1:], pk[r, :, n + 1:])
+
+
+@pytest.fixture(scope="module")
+def decode_per_kv_head(tmp_path_factory):
+    """The standard decode lowering with one length per KV head: buffers (B * H_kv, 1, C, d)."""
+    lowering_standard.register_schemas()
+    batch, cap = torch.export.Dim("batch", min=1), torch.export.Dim("cap", min=2)
+    rows = HKV * batch
+    path = tmp_path_factory.mktemp("decode") / "per_kv_head.onnx"
+    dyn = ({0: batch}, {0: batch}, {0: batch}, {0: rows, 2: cap}, {0: rows, 2: cap}, {0: rows})
+    torch.onnx.export(DecodeToy(per_kv_head=True).eval(), _per_head_inputs(2, 7, [6, 3, 2, 5], 0), str(path),
+                      dynamo=True, dynamic_shapes=dyn,
+                      input_names=["query", "key", "value", "past_key", "past_value", "length"],
+                      output_names=["attn_out", "present_key", "present_value"],
+                      custom_translation_table={torch.ops.zipvl.decode_attention.default: standard_decode_attention},
+                      opset_version=18, verbose=False)
+    return path
+
+
+def _per_head_inputs(b, c, lengths, seed):
+    q, k, v, past_k, past_v, _ = _decode_inputs(b, c, [0] * b, seed)
+    return (q, k, v, past_k.reshape(b * HKV, 1, c, D), past_v.reshape(b * HKV, 1, c, D),
+            torch.tensor(lengths, dtype=torch.int32))
+
+
+@pytest.mark.parametrize("c,lengths,seed", [(7, [6, 3, 2, 5], 0), (12, [11, 0, 4, 9, 1, 1], 1)])
+def test_decode_lowering_per_kv_head_lengths(decode_per_kv_head, c, lengths, seed):
+    """Each KV head reads its own valid entries and writes the token at its own length (fp64 check per head)."""
+    b = len(lengths) // HKV
+    inputs = _per_head_inputs(b, c, lengths, seed)
+    names = ["query", "key", "value", "past_key", "past_value", "length"]
+    got = create_session(decode_per_kv_head).run(None, {n: t.numpy() for n, t in zip(names, inputs)})
+    ref = decode_attention(*inputs, D**-0.5, H, HKV, D, per_kv_head=True)
+    np.testing.assert_allclose(got[0], ref[0].numpy(), atol=2e-6, rtol=1e-5)
+    q, k, v, pk, pv, length = inputs
+    g = H // HKV
+    for r in range(b):
+        for j in range(HKV):
+            n = int(length[r * HKV + j])
+            keys = torch.cat([pk[r * HKV + j, 0, :n], k[r, j]], dim=0).double()  # (n + 1, d)
+            vals = torch.cat([pv[r * HKV + j, 0, :n], v[r, j]], dim=0).double()
+            w = torch.softmax(q[r, j * g:(j + 1) * g, 0].double() @ keys.T * D**-0.5, dim=-1)
+            np.testing.assert_allclose(got[0][r, j * g:(j + 1) * g, 0], (w @ vals).numpy(), atol=1e-5, rtol=1e-5)
+            np.testing.assert_array_equal(got[1][r * HKV + j, 0, : n + 1], keys.float().numpy())

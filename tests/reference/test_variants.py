@@ -80,9 +80,6 @@ def test_export_rejects_variants_by_name(tmp_path):
                      progress=False)
     with pytest.raises(ZipVLInputError, match="pool='max'"):  # the standard lowering pools with MaxPool only
         build_engine(tiny_model("llama", num_layers=1), tmp_path, config=ZipVLConfig(pool="avg"), progress=False)
-    with pytest.raises(ZipVLInputError, match="head_reduce='kv'"):  # per-KV-head sets are reference-only
-        build_engine(tiny_model("llama", num_layers=1), tmp_path, config=ZipVLConfig.preset("evict_question_kv"),
-                     progress=False)
 
 
 # ---- brute-force references (NumPy / plain Python) ---------------------------------------------------------------

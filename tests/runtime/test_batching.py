@@ -27,6 +27,19 @@ def _alone(engine, prompt, n):
 def test_membership_changes_mid_run_keep_every_requests_tokens(engine):
     """4 requests, different lengths and budgets, arriving at steps 0, 0, 3 and 9: one crosses two decode
     re-selections (interval 16) while others join and leave; each gets Engine.generate's tokens for it alone."""
+    _membership_changes(engine)
+
+
+def test_membership_changes_with_a_kv_set_per_head():
+    """The same with one kept set per KV head (a length per KV head): rebuilding the batch's cache carries each
+    head's entries."""
+    per_head = Engine(tiny_engine("llava", "standard", 0.8, preset="evict_question_kv", sharp=True, protect_last=4),
+                      verify=False)
+    assert per_head.kv_sets == 2
+    _membership_changes(per_head)
+
+
+def _membership_changes(engine):
     prompts = make_prompts(engine, 4, seed=21)
     budgets = [34, 5, 20, 12]
     arrivals = {0: [0, 1], 3: [2], 9: [3]}

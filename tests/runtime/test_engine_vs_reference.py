@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import zipvl
+
 from zipvl.runtime import Engine
 from zipvl.validate.compare import Tolerance, compare_batch
 from zipvl.validate.prompts import make_prompts
@@ -154,6 +156,40 @@ def test_visual_only_engine_keeps_every_text_token(models, arch):
         for kept in pre.indices:
             assert set(np.flatnonzero(~image)) <= set(kept.tolist())
         assert any(len(kept) < len(prompt.input_ids) for kept in pre.indices)  # some visual tokens were evicted
+
+
+@pytest.mark.parametrize("preset", list(zipvl.ZipVLConfig.presets()))
+def test_every_preset_builds_and_matches_reference(models, preset):
+    """Every named preset is exportable (zipvl-build --preset NAME, standard lowering) and the engine agrees with
+    the reference (what zipvl-validate checks): kept sets, caches, logits, tokens."""
+    engine = Engine(tiny_engine("llava", "standard", 0.9, preset=preset))
+    wanted = zipvl.ZipVLConfig.preset(preset).variants()
+    assert engine.config.variants() == wanted
+    report = compare_batch(engine, models["llava"], make_prompts(engine, 2, seed=11), 18, TOL)
+    _assert_matches(report)
+
+
+def test_per_kv_head_engine_matches_reference():
+    """One kept set per KV head (preset "evict_question_kv") as an engine: per-head compacted K/V from the prefill,
+    a decode cache with a length per KV head (GroupQueryAttention over (sequence, KV head) rows), re-selection on
+    each head's own entries. On the sharpened tiny model the heads keep different tokens and counts; the reference
+    agrees on every head's set, length and retained tokens, the logits and the tokens."""
+    from zipvl.export.build import load_model
+
+    engine = Engine(tiny_engine("llava", "standard", 0.8, preset="evict_question_kv", sharp=True, protect_last=4))
+    assert engine.kv_sets == engine.desc["num_kv_heads"] == 2
+    prompts = make_prompts(engine, 2, seed=3)
+    report = compare_batch(engine, load_model(tiny_model_dir("llava", sharp=True))[0], prompts, NEW_TOKENS, TOL)
+    _assert_matches(report)
+    assert report["reselections"] == 2
+    out = engine.generate(prompts, max_new_tokens=NEW_TOKENS)
+    heads = [np.asarray(p.head_counts) for p in out.prefills]  # (layers, H_kv) per prompt
+    assert any(len(set(row)) > 1 for h in heads for row in h)  # KV heads keep different counts...
+    assert any(set(a.tolist()) != set(b.tolist()) for p in out.prefills for a, b in p.indices)  # ...and tokens
+    final = np.array(out.cache_lengths)  # (layers, B, H_kv)
+    assert final.shape == (engine.num_layers, 2, 2)
+    assert (final < np.array(out.cache_lengths_prefill) + NEW_TOKENS - 1).any()  # decode re-selection evicted
+    assert out.kv_bytes == int(final.sum()) * 2 * engine.desc["head_dim"] * 4  # each entry: one head's K and V
 
 
 @pytest.mark.parametrize("ops", ["standard", "plugin"])

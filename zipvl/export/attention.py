@@ -38,6 +38,7 @@ class ExportContext:
     floors: list[float] = field(default_factory=list)  # per layer: min kept ratio (ZipVLConfig.min_ratio); [] = none
     evict_tau: float = 0.0  # > tau: the cache keeps the tau_evict set (ZipVLConfig.tau_evict); 0 = the tau set
     image_mask: torch.Tensor | None = None  # (1, n) bool: protect every text token (ZipVLConfig.protect_text)
+    per_kv_head: bool = False  # decode: the past buffers hold one length per KV head (head_reduce="kv")
     past: dict = field(default_factory=dict)  # layer -> (key (B,H_kv,C,d), value, length (B,) int32)
     outputs: dict = field(default_factory=dict)  # layer -> tuple of tensors
 
@@ -95,7 +96,8 @@ def decode_export_attention(module, query, key, value, attention_mask, scaling=N
     _, h, _, d = query.shape
     scale = float(d**-0.5 if scaling is None else scaling)
     out, present_k, present_v = torch.ops.zipvl.decode_attention(
-        query, key, value, past_k, past_v, past_length, scale, int(h), int(key.shape[1]), int(d))
+        query, key, value, past_k, past_v, past_length, scale, int(h), int(key.shape[1]), int(d),
+        per_kv_head=ctx.per_kv_head)
     ctx.outputs[i] = (present_k, present_v, query[:, :, 0])
     return out.transpose(1, 2).contiguous(), None
 

@@ -24,9 +24,10 @@ from .wrappers import describe
 log = logging.getLogger(__name__)
 
 OPS = ("standard", "plugin")
-# ZipVLConfig variant fields the engine graphs implement (head_reduce="kv" is refused by value); the probe set is the
-# runtime's (the prefill graph takes the probe positions as an input), pooling and protection are in the graph
-# (protect_text: with the image mask as a graph input), tau_evict is a second kept set in the graph
+# ZipVLConfig variant fields the engine graphs implement; the probe set is the runtime's (the prefill graph takes the
+# probe positions as an input), pooling and protection are in the graph (protect_text: with the image mask as a graph
+# input), tau_evict is a second kept set in the graph, head_reduce="kv" a kept set per KV head (and the decode graph's
+# cache a length per KV head)
 ENGINE_VARIANTS = ("sparse_prefill", "probe_set", "question_tokens", "pool", "pool_kernel", "protect_first",
                    "protect_last", "protect_text", "head_reduce", "tau_evict", "min_ratio")
 # ... of which the TensorRT plugin lowering (ZipVLTokenSelect implements the paper's rule) has
@@ -89,9 +90,6 @@ def build_engine(model, out_dir: str | Path, ops: str = "standard", config: ZipV
                               + ", not the ZipVLConfig variant "
                               + ", ".join(f"{k}={v!r}" for k, v in unsupported.items())
                               + "; build with these fields at their defaults")
-    if config.head_reduce == "kv":
-        raise ZipVLInputError("engines keep one KV set per layer, not head_reduce='kv' (a set per KV head: "
-                              "reference-only); build with head_reduce='sum' or 'max'")
     if config.protect_text and "image_token_id" not in desc:
         raise ZipVLInputError(f"protect_text (preset 'visual_only') sparsifies visual tokens only, and "
                               f"{desc['architecture']} has none: every token would be kept; build another preset")
@@ -106,7 +104,7 @@ def build_engine(model, out_dir: str | Path, ops: str = "standard", config: ZipV
     if bad:
         raise ZipVLInputError(f"dense_layers {bad} out of range: the model has {desc['num_layers']} layers")
     max_sequence = int(max_sequence or min(desc["max_position_embeddings"], 8192))
-    reused = _reusable(reuse, desc, ops) if reuse is not None else {}
+    reused = _reusable(reuse, desc, ops, config) if reuse is not None else {}
     names = [n for n in graphs.graph_names(desc) if n not in reused]
     timings: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix=".zipvl-build-", dir=out_dir) as tmp:
@@ -156,14 +154,15 @@ def build_engine(model, out_dir: str | Path, ops: str = "standard", config: ZipV
     return manifest
 
 
-def _reusable(reuse, desc, ops: str) -> dict[str, Path]:
+def _reusable(reuse, desc, ops: str, config: ZipVLConfig) -> dict[str, Path]:
     """The graphs of engine ``reuse`` this build can take over: never prefill (tau, dense layers), decode only when
-    it was built with the same --ops (the attention lowering)."""
+    it was built with the same --ops (the attention lowering) and cache layout (a length per KV head or not)."""
     manifest = load_manifest(reuse, verify_hashes=False)
     theirs = {k: v for k, v in manifest["model"].items() if k != "source"}
     if theirs != desc:
         raise ZipVLInputError(f"--reuse {reuse}: that engine was built from a different model")
-    skip = {"prefill"} if manifest["ops"] == ops else set(graphs.OPS_GRAPHS)
+    same_layout = (manifest["zipvl"].get("head_reduce") == "kv") == (config.head_reduce == "kv")
+    skip = {"prefill"} if manifest["ops"] == ops and same_layout else set(graphs.OPS_GRAPHS)
     return {n: Path(reuse) / f for n, f in manifest["graphs"].items() if n not in skip}
 
 

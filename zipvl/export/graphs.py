@@ -114,7 +114,8 @@ def prefill_selection(config) -> dict:
     """The selection variants baked into every layer of the prefill graph, as the op's attributes (trace-time
     arguments of the lowerings: at the paper's values they add no node)."""
     return {"pool_kernel": config.pool_kernel if config.pool == "max" else 1, "protect_first": config.protect_first,
-            "protect_last": config.protect_last, "head_max": config.head_reduce == "max"}
+            "protect_last": config.protect_last, "head_max": config.head_reduce == "max",
+            "per_kv_head": config.head_reduce == "kv"}
 
 
 def prefill_floors(desc, config) -> list[float]:
@@ -155,13 +156,17 @@ def _decode(model, desc, config, ops):
     b, layers = 2, desc["num_layers"]
     h_kv, d = desc["num_kv_heads"], desc["head_dim"]
     batch = Dim("batch", min=1)
+    per_kv_head = config.head_reduce == "kv"  # the buffers as (B * H_kv, 1, C, d): one length per KV head
+    rows, heads = (b * h_kv, 1) if per_kv_head else (b, h_kv)
+    past_rows = h_kv * batch if per_kv_head else batch
     past, past_dyn, inputs, outputs = [], [], ["input_ids", "position_ids"], ["logits"]
     for i in range(layers):
         c = 5 + i
         cap = Dim(f"cache_{i}", min=2)
-        length = torch.tensor([c - 1, c - 3], dtype=torch.int32)  # valid entries per row (< C: room for the token)
-        past += [torch.randn(b, h_kv, c, d), torch.randn(b, h_kv, c, d), length]
-        past_dyn += [{0: batch, 2: cap}, {0: batch, 2: cap}, {0: batch}]
+        # valid entries per row (< C: room for the token)
+        length = (c - 1 - torch.arange(rows, dtype=torch.int32) % 3).to(torch.int32)
+        past += [torch.randn(rows, heads, c, d), torch.randn(rows, heads, c, d), length]
+        past_dyn += [{0: past_rows, 2: cap}, {0: past_rows, 2: cap}, {0: past_rows}]
         inputs += [f"past.{i}.key", f"past.{i}.value", f"past.{i}.length"]
         outputs += [f"present.{i}.key", f"present.{i}.value", f"query.{i}"]
     ids = torch.randint(0, desc["vocab_size"], (b, 1))
@@ -170,4 +175,5 @@ def _decode(model, desc, config, ops):
     lowering = _lowering(ops)[0]
     fn = lowering.plugin_decode_attention if ops == "plugin" else lowering.standard_decode_attention
     table = {torch.ops.zipvl.decode_attention.default: fn}
-    return DecodeGraph(model, layers), (ids, _positions(desc, b, 1, start=9), past), dyn, inputs, outputs, table
+    return (DecodeGraph(model, layers, per_kv_head), (ids, _positions(desc, b, 1, start=9), past), dyn, inputs,
+            outputs, table)

@@ -69,11 +69,11 @@ def _i64(*values):
 def plugin_prefill_attention(query, key, value, probes, tau: float, sparse: bool, scaling: float, num_heads: int,
                              num_kv_heads: int, head_dim: int, pool_kernel: int = 1, protect_first: int = 0,
                              protect_last: int = 0, head_max: bool = False, floor_ratio: float = 0.0,
-                             evict_tau: float = 0.0, image_mask=None):
+                             evict_tau: float = 0.0, image_mask=None, per_kv_head: bool = False):
     """TensorRT translation of :func:`zipvl.export.ops.prefill_attention` (B = 1): ZipVLTokenSelect + Attention.
     The plugin implements the paper's rule: the variants are refused up front by zipvl-build."""
     if pool_kernel > 1 or protect_first or protect_last or head_max or floor_ratio or evict_tau > tau or (
-            image_mask is not None):
+            image_mask is not None) or per_kv_head:
         raise ValueError("ZipVLTokenSelect has no pooling / protected tokens / head max / floor / tau_evict "
                          "(zipvl-build checks this first)")
     zero, one = _i64(0), _i64(1)
@@ -108,10 +108,12 @@ def plugin_prefill_attention(query, key, value, probes, tau: float, sparse: bool
 
 
 def plugin_decode_attention(query, key, value, past_key, past_value, past_length, scaling: float, num_heads: int,
-                            num_kv_heads: int, head_dim: int):
+                            num_kv_heads: int, head_dim: int, per_kv_head: bool = False):
     """ONNX Attention translation of :func:`zipvl.export.ops.decode_attention`: the token's K/V written at slot
     past_length (``Where``, element-wise, so the runtime can bind present to the past buffer), then one Attention
     over the buffer with a (B, 1, 1, C) validity mask (slots <= past_length)."""
+    if per_kv_head:
+        raise ValueError("the plugin engine keeps one KV set per layer (zipvl-build checks this first)")
     zero = _i64(0)
     slots = op.Range(op.Constant(value_int=0), op.Squeeze(op.Shape(past_key, start=2, end=3), zero),
                      op.Constant(value_int=1))  # (C,)

@@ -88,7 +88,7 @@ def _causal_gqa(q_rows, k_rows, v_rows, length, h: int, h_kv: int, scaling: floa
 def standard_prefill_attention(query, key, value, probes, tau: float, sparse: bool, scaling: float, num_heads: int,
                                num_kv_heads: int, head_dim: int, pool_kernel: int = 1, protect_first: int = 0,
                                protect_last: int = 0, head_max: bool = False, floor_ratio: float = 0.0,
-                               evict_tau: float = 0.0, image_mask=None):
+                               evict_tau: float = 0.0, image_mask=None, per_kv_head: bool = False):
     """Standard-op + GroupQueryAttention translation of :func:`zipvl.export.ops.prefill_attention` (B = 1).
 
     query (1, H, n, d), key/value (1, H_kv, n, d), probes (1, m) int32 -> the op's six outputs.
@@ -96,7 +96,8 @@ def standard_prefill_attention(query, key, value, probes, tau: float, sparse: bo
     with ``image_mask`` (1, n) bool, every text token: always-kept tokens, the tau rule on the rest
     (:func:`zipvl.reference.variants.keep_set`); ``head_max``: the mass is the max over query heads;
     ``floor_ratio`` > 0: at least ceil(floor_ratio * n) tokens kept; ``evict_tau`` > tau: a second, larger set from
-    the same mass and score for the cache (the sparse attention keeps the tau set).
+    the same mass and score for the cache (the sparse attention keeps the tau set); ``per_kv_head``: one set per KV
+    head from its own query group's probe rows (dense prefill only), outputs (1, H_kv, n) / (1, H_kv).
     """
     h, h_kv, d = num_heads, num_kv_heads, head_dim
     g = h // h_kv
@@ -109,6 +110,9 @@ def standard_prefill_attention(query, key, value, probes, tau: float, sparse: bo
         out = _heads(_causal_gqa(q_rows, k_rows, v_rows, n, h, h_kv, scaling), h, d)
         kept = op.Unsqueeze(op.Cast(pos, to=_INT32), zero)
         count = op.Cast(n, to=_INT32)
+        if per_kv_head:  # the per-KV-head layout: every head keeps every token
+            kept = op.Expand(op.Unsqueeze(kept, zero), op.Concat(_i64(1, h_kv), n, axis=0))  # (1, H_kv, n)
+            count = op.Expand(op.Unsqueeze(count, zero), _i64(1, h_kv))  # (1, H_kv)
         return out, kept, count, op.Identity(key), op.Identity(value), op.Identity(count)
 
     q = op.Squeeze(query, zero)  # (H, n, d)
@@ -125,6 +129,11 @@ def standard_prefill_attention(query, key, value, probes, tau: float, sparse: bo
     # Step 5's score: a_j / c_j, c_j = H * #(probe rows r >= j).
     seen = op.ReduceSum(op.Cast(op.GreaterOrEqual(op.Unsqueeze(pr, one), op.Unsqueeze(pos, zero)), to=_FLOAT),
                         zero, keepdims=0)  # (n,)
+    if per_kv_head:
+        floor = _floor_count(n, floor_ratio) if floor_ratio > 0 else None
+        protected = _protected(pos, n, protect_first, protect_last, image_mask)
+        return _per_kv_head_prefill(probs, seen, pos, n, m, (q_rows, k_rows, v_rows), tau, scaling, (h, h_kv, d),
+                                    pool_kernel, protected, floor)
     if head_max:  # variant: each head's sum over its probe rows, the max over heads; normalised by c_j / H
         mass = op.ReduceMax(op.ReduceSum(probs, _i64(2), keepdims=0), _i64(0, 1), keepdims=0)  # (n,)
         score = op.Div(mass, seen)
@@ -180,20 +189,23 @@ def standard_prefill_attention(query, key, value, probes, tau: float, sparse: bo
 
 
 def standard_decode_attention(query, key, value, past_key, past_value, past_length, scaling: float, num_heads: int,
-                              num_kv_heads: int, head_dim: int):
+                              num_kv_heads: int, head_dim: int, per_kv_head: bool = False):
     """GroupQueryAttention translation of :func:`zipvl.export.ops.decode_attention`: the new token attends over its
     row's ``past_length`` entries and itself; the op writes its K/V at slot past_length in the shared buffers.
 
     query (B, H, 1, d), key/value (B, H_kv, 1, d), past_key/value (B, H_kv, C, d), past_length (B,) int32.
+    ``per_kv_head``: past (B * H_kv, 1, C, d) and past_length (B * H_kv,): one GQA batch row per (sequence, KV head)
+    with its query group (num_heads g, kv_num_heads 1), so every KV head reads and writes at its own length.
     """
     h, h_kv, d = num_heads, num_kv_heads, head_dim
-    rows = [op.Reshape(op.Transpose(x, perm=[0, 2, 1, 3]), _i64(0, 1, w))
-            for x, w in ((query, h * d), (key, h_kv * d), (value, h_kv * d))]  # (B, 1, width)
+    heads, kv_heads = (h // h_kv, 1) if per_kv_head else (h, h_kv)  # per GQA batch row
+    rows = [op.Reshape(op.Transpose(x, perm=[0, 2, 1, 3]), _i64(-1, 1, w))
+            for x, w in ((query, heads * d), (key, kv_heads * d), (value, kv_heads * d))]  # (rows, 1, width)
     total = op.Cast(op.Add(op.ReduceMax(past_length, keepdims=0), _i32_scalar(1)), to=_INT32)  # scalar
     out, present_key, present_value = MSFT.GroupQueryAttention(
-        rows[0], rows[1], rows[2], past_key, past_value, past_length, total, num_heads=h, kv_num_heads=h_kv,
+        rows[0], rows[1], rows[2], past_key, past_value, past_length, total, num_heads=heads, kv_num_heads=kv_heads,
         scale=float(scaling))
-    return op.Transpose(op.Reshape(out, _i64(0, 1, h, d)), perm=[0, 2, 1, 3]), present_key, present_value
+    return op.Transpose(op.Reshape(out, _i64(-1, 1, h, d)), perm=[0, 2, 1, 3]), present_key, present_value
 
 
 def _tau_count(mass, n, threshold):
@@ -205,10 +217,12 @@ def _tau_count(mass, n, threshold):
 
 
 def _max_pool(x, kernel: int):
-    """(n,) -> (n,): max over ``kernel`` neighbours, an edge over the ones that exist (MaxPool ignores padding)."""
-    pooled, _indices = op.MaxPool(op.Reshape(x, _i64(1, 1, -1)), kernel_shape=[kernel], strides=[1],
+    """(n,) or (R, n) -> same shape: max over ``kernel`` neighbours along the last axis, an edge over the ones that
+    exist (MaxPool ignores padding)."""
+    rows = op.Concat(_i64(-1, 1), op.Shape(x, start=-1), axis=0)  # (R, 1, n): MaxPool's (N, C, L)
+    pooled, _indices = op.MaxPool(op.Reshape(x, rows), kernel_shape=[kernel], strides=[1],
                                   pads=[kernel // 2, kernel // 2])
-    return op.Reshape(pooled, _i64(-1))
+    return op.Reshape(pooled, op.Shape(x))
 
 
 def _floor_count(n, ratio: float):
@@ -249,3 +263,60 @@ def _protected_keep(mass, score, protected, n, tau: float, floor=None):
 
 def _i32_scalar(value: int):
     return op.Constant(value=onnx.helper.make_tensor("c", _INT32, [], [int(value)]))
+
+
+def _per_kv_head_prefill(probs, seen, pos, n, m, rows, tau: float, scaling: float, dims, pool_kernel: int,
+                         protected, floor):
+    """``head_reduce="kv"`` (dense prefill): one kept set per KV head, each from its query group's probe rows
+    (:func:`zipvl.reference.policy.per_kv_head_rows`) -> the op's six outputs, sets (1, H_kv, n) / (1, H_kv)."""
+    q_rows, k_rows, v_rows = rows
+    h, h_kv, d = dims
+    g = h // h_kv
+    mass = op.ReduceSum(probs, _i64(1, 2), keepdims=0)  # (H_kv, n): the group's heads, its probe rows
+    score = op.Div(mass, op.Mul(seen, _f32(g)))
+    total = op.Expand(op.Mul(op.Cast(m, to=onnx.TensorProto.DOUBLE), _f64(g)), op.Constant(value_ints=[h_kv]))
+    if pool_kernel > 1:
+        mass, score = _max_pool(mass, pool_kernel), _max_pool(score, pool_kernel)
+        total = op.ReduceSum(op.Cast(mass, to=onnx.TensorProto.DOUBLE), _i64(-1), keepdims=0)
+    idx, count = _rowwise_keep(mass, score, total, pos, n, tau, protected, floor)  # (H_kv, n), (H_kv,)
+    out = _heads(_causal_gqa(q_rows, k_rows, v_rows, n, h, h_kv, scaling), h, d)
+    keys = op.Transpose(op.Reshape(k_rows, _i64(-1, h_kv, d)), perm=[1, 0, 2])  # (H_kv, n, d)
+    values = op.Transpose(op.Reshape(v_rows, _i64(-1, h_kv, d)), perm=[1, 0, 2])
+    at = op.Expand(op.Unsqueeze(op.Max(idx, _i64(0)), _i64(2)), op.Shape(keys))  # (H_kv, n, d)
+    valid = op.Unsqueeze(op.GreaterOrEqual(idx, _i64(0)), _i64(2))
+    zero = _i64(0)
+    compact = [op.Unsqueeze(op.Where(valid, op.GatherElements(x, at, axis=1), _f32(0.0)), zero) for x in (keys, values)]
+    kept = op.Unsqueeze(op.Cast(idx, to=_INT32), zero)
+    counts = op.Unsqueeze(op.Cast(count, to=_INT32), zero)
+    return out, kept, counts, compact[0], compact[1], op.Identity(counts)
+
+
+def _rowwise_keep(mass, score, total, pos, n, tau: float, protected=None, floor=None):
+    """Steps 4-5 (with protection and floor, as keep_set) on each row of mass / score (R, n), total (R,) fp64 ->
+    (ascending kept positions (R, n) padded with -1, counts (R,)). ``TopK``'s k is one scalar, so each row's count
+    becomes a rank test (rank by score < count) instead of a per-row top-k."""
+    if protected is not None:  # the rule on the unprotected tokens, against their own mass
+        mass = op.Where(protected, _f32(0.0), mass)
+        total = op.ReduceSum(op.Cast(mass, to=onnx.TensorProto.DOUBLE), _i64(-1), keepdims=0)
+        score = op.Where(protected, _f32(_NEG_INF), score)
+    desc, _desc_idx = op.TopK(mass, n, axis=-1, largest=1, sorted=1)
+    cumulative = op.CumSum(op.Cast(desc, to=onnx.TensorProto.DOUBLE), op.Constant(value_int=1))
+    threshold = op.Unsqueeze(op.Mul(total, _f64(tau)), _i64(1))  # (R, 1)
+    below = op.ReduceSum(op.Cast(op.Less(cumulative, threshold), to=_INT64), _i64(1), keepdims=0)  # (R,)
+    count = op.Min(op.Add(below, _i64(1)), n)
+    if protected is not None:
+        guarded = op.ReduceSum(op.Cast(protected, to=_INT64), keepdims=1)  # (1,)
+        count = op.Min(count, op.Sub(n, guarded))
+        if floor is not None:
+            count = op.Max(count, op.Max(op.Sub(floor, guarded), _i64(0)))
+    elif floor is not None:
+        count = op.Max(count, floor)
+    _top_val, order = op.TopK(score, n, axis=-1, largest=1, sorted=1)  # (R, n), ties -> lower index
+    grid = op.Expand(op.Unsqueeze(pos, _i64(0)), op.Shape(order))  # (R, n): 0..n-1 in every row
+    rank = op.ScatterElements(grid, order, grid, axis=1)  # rank[r, order[r, i]] = i
+    kept = op.Less(rank, op.Unsqueeze(count, _i64(1)))
+    if protected is not None:
+        kept = op.Or(kept, protected)
+    ordered, _at = op.TopK(op.Where(kept, grid, op.Add(grid, n)), n, axis=-1, largest=0, sorted=1)
+    idx = op.Where(op.Less(ordered, n), ordered, _i64(-1))  # kept positions first, ascending
+    return idx, op.ReduceSum(op.Cast(kept, to=_INT64), _i64(1), keepdims=0)

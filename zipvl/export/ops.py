@@ -37,6 +37,7 @@ def prefill_attention(
     floor_ratio: float = 0.0,
     evict_tau: float = 0.0,
     image_mask: torch.Tensor | None = None,
+    per_kv_head: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """ZipVL prefill attention for one layer (method steps 1-7).
 
@@ -57,6 +58,8 @@ def prefill_attention(
         attention uses the tau set (``ZipVLConfig.tau_evict``, preset "safe_evict"); 0: the cache keeps the tau set
     image_mask : (B, n) bool or None; given: every token outside it (text) is always kept (``protect_text``,
         preset "visual_only")
+    per_kv_head : one kept set per KV head (``head_reduce="kv"``, preset "evict_question_kv"; needs sparse=False):
+        kept_indices (B, H_kv, n), kept_count / attended_count (B, H_kv), and each KV head's own entries compacted
 
     Returns
     -------
@@ -66,17 +69,20 @@ def prefill_attention(
     key_compact, value_compact : (B, H_kv, n, d), first ``kept_count`` entries = K[T] / V[T], rest zero
     attended_count : (B,) int32, |T| at tau (what the sparse attention used); kept_count unless evict_tau > tau
     """
+    heads = "kv" if per_kv_head else ("max" if head_max else "sum")
     config = ZipVLConfig(tau=tau, pool="max" if pool_kernel > 1 else "none", pool_kernel=max(1, pool_kernel),
                          protect_first=protect_first, protect_last=protect_last, protect_text=image_mask is not None,
-                         head_reduce="max" if head_max else "sum", tau_evict=evict_tau if evict_tau > tau else None)
+                         head_reduce=heads, sparse_prefill=sparse, tau_evict=evict_tau if evict_tau > tau else None)
     floor = kept_budget(query.shape[2], floor_ratio) if floor_ratio > 0 else 0
     # The reference policy's own selection on the given probes (the runtime computes them, as the reference does).
     sel = ZipVLPolicy(config).select_on(query, key, probes.long(), scaling, image=image_mask, floor=floor)
-    out = sparse_attention(query, key, value, sel.kept if sparse else torch.ones_like(sel.kept), scaling)
-    idx = kept_positions(sel.cache_kept, pad=-1)
+    attended = sel.kept if sparse else torch.ones(query.shape[0], query.shape[2], dtype=torch.bool)
+    out = sparse_attention(query, key, value, attended, scaling)
+    idx = kept_positions(sel.cache_kept, pad=-1)  # (B, n), or (B, H_kv, n) per KV head
     count = sel.cache_kept.sum(dim=-1)
-    safe = idx.clamp(min=0)[:, None, :, None].expand_as(key)
-    valid = (idx >= 0)[:, None, :, None]
+    per_head = idx if per_kv_head else idx[:, None]  # (B, 1 | H_kv, n): one row of positions per KV head
+    safe = per_head.clamp(min=0)[..., None].expand_as(key)
+    valid = (per_head >= 0)[..., None]
     kc = torch.where(valid, torch.gather(key, 2, safe), torch.zeros((), dtype=key.dtype))
     vc = torch.where(valid, torch.gather(value, 2, safe), torch.zeros((), dtype=value.dtype))
     return out, idx.to(torch.int32), count.to(torch.int32), kc, vc, sel.count.to(torch.int32)
@@ -84,15 +90,17 @@ def prefill_attention(
 
 @prefill_attention.register_fake
 def _(query, key, value, probes, tau, sparse, scaling, num_heads, num_kv_heads, head_dim, pool_kernel=1,
-      protect_first=0, protect_last=0, head_max=False, floor_ratio=0.0, evict_tau=0.0, image_mask=None):
+      protect_first=0, protect_last=0, head_max=False, floor_ratio=0.0, evict_tau=0.0, image_mask=None,
+      per_kv_head=False):
     b, _, n, _ = query.shape
+    sets = (b, num_kv_heads) if per_kv_head else (b,)
     return (
         torch.empty_like(query),
-        query.new_empty((b, n), dtype=torch.int32),
-        query.new_empty((b,), dtype=torch.int32),
+        query.new_empty((*sets, n), dtype=torch.int32),
+        query.new_empty(sets, dtype=torch.int32),
         torch.empty_like(key),
         torch.empty_like(value),
-        query.new_empty((b,), dtype=torch.int32),
+        query.new_empty(sets, dtype=torch.int32),
     )
 
 
@@ -108,6 +116,7 @@ def decode_attention(
     num_heads: int,
     num_kv_heads: int,
     head_dim: int,
+    per_kv_head: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One decode step's attention over the runtime's cache buffer.
 
@@ -118,6 +127,9 @@ def decode_attention(
     past_key, past_value : (B, H_kv, C, d) cache buffers; entries [0, past_length[b]) of row b are valid
     past_length : (B,) int32, each row's valid entries (< C)
     scaling : float; num_heads, num_kv_heads, head_dim : int (required, so export never drops them)
+    per_kv_head : each KV head has its own entries and length (``head_reduce="kv"``): past_key / past_value are
+        (B * H_kv, 1, C, d) (row b * H_kv + j = KV head j of sequence b, the same memory as (B, H_kv, C, d)),
+        past_length (B * H_kv,), present likewise
 
     Returns
     -------
@@ -126,20 +138,24 @@ def decode_attention(
         past_length[b]; later slots are unspecified (GroupQueryAttention zeroes them in a fresh buffer). The runtime
         binds present to the past buffers: then the lowerings write that one slot in place and touch nothing else.
     """
-    b, _, c, d = past_key.shape
-    slot = torch.arange(c, device=query.device)[None, :]
-    length = past_length.long()[:, None]
-    present_key = torch.where((slot == length)[:, None, :, None], key, past_key)
-    present_value = torch.where((slot == length)[:, None, :, None], value, past_value)
-    visible = (slot <= length)[:, None, None, :]  # the row's valid entries, then the new token at slot length
+    b, c, d = query.shape[0], past_key.shape[2], past_key.shape[3]
+    shape = past_key.shape
+    past_key, past_value = (x.reshape(b, num_kv_heads, c, d) for x in (past_key, past_value))
+    slot = torch.arange(c, device=query.device)[None, None, :]
+    length = past_length.long().reshape(b, -1)[:, :, None]  # (B, 1 | H_kv, 1): per row, or per row and KV head
+    at_new = (slot == length)[..., None]
+    present_key = torch.where(at_new, key, past_key)
+    present_value = torch.where(at_new, value, past_value)
+    visible = (slot <= length)[:, :, None, :]  # the valid entries, then the new token at slot length
     g = num_heads // num_kv_heads
     q = query.float().reshape(b, num_kv_heads, g, d)  # GQA: the group's query heads share one K/V head
     scores = torch.matmul(q, present_key.float().transpose(-1, -2)) * scaling  # (B, H_kv, g, C)
     probs = torch.softmax(scores.masked_fill(~visible, float("-inf")), dim=-1)
     out = torch.matmul(probs, present_value.float()).to(query.dtype).reshape(b, num_heads, 1, d)
-    return out, present_key, present_value
+    return out, present_key.reshape(shape), present_value.reshape(shape)
 
 
 @decode_attention.register_fake
-def _(query, key, value, past_key, past_value, past_length, scaling, num_heads, num_kv_heads, head_dim):
+def _(query, key, value, past_key, past_value, past_length, scaling, num_heads, num_kv_heads, head_dim,
+      per_kv_head=False):
     return torch.empty_like(query), torch.empty_like(past_key), torch.empty_like(past_value)

@@ -162,20 +162,23 @@ class PrefillGraph(nn.Module):
 
 class DecodeGraph(nn.Module):
     """input_ids (B, 1) int64, position_ids (B, 1) or (3, B, 1), past = per layer (key (B, H_kv, C_i, d), value,
-    length (B,) int32: entries [0, length) of each row are valid) -> logits (B, vocab), then per layer present
+    length (B,) int32: entries [0, length) of each row are valid; per KV head: (B * H_kv, 1, C_i, d) and
+    (B * H_kv,)) -> logits (B, vocab), then per layer present
     key/value (B, H_kv, C_i, d) (the buffers with the token at slot length) and query (B, H, d) after RoPE.
 
     A generated token is text, so the step embeds it itself: one session run per step (no separate embed graph and
     thread pool between steps); the table is the embed graph's, stored once in weights.bin."""
 
-    def __init__(self, model, num_layers: int):
+    def __init__(self, model, num_layers: int, per_kv_head: bool = False):
         super().__init__()
         self.text, self.lm_head = text_parts(model)
         self.embed = model.get_input_embeddings()
         self.num_layers = num_layers
+        self.per_kv_head = per_kv_head  # past (B * H_kv, 1, C_i, d) and length (B * H_kv,): a length per KV head
 
     def forward(self, input_ids, position_ids, past):
-        ctx = ExportContext(past={i: tuple(past[3 * i: 3 * i + 3]) for i in range(self.num_layers)})
+        ctx = ExportContext(past={i: tuple(past[3 * i: 3 * i + 3]) for i in range(self.num_layers)},
+                            per_kv_head=self.per_kv_head)
         with active(ctx):
             hs = self.text(inputs_embeds=self.embed(input_ids), position_ids=position_ids,
                            use_cache=False).last_hidden_state

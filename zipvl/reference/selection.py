@@ -232,18 +232,21 @@ def score_tokens(query: torch.Tensor, key: torch.Tensor, probes: torch.Tensor, s
     return mass, score.expand(b, n).contiguous()
 
 
-def token_attention_mass(query: torch.Tensor, key: torch.Tensor, visible: torch.Tensor, scaling: float) -> torch.Tensor:
+def token_attention_mass(query: torch.Tensor, key: torch.Tensor, visible: torch.Tensor, scaling: float,
+                         per_kv_head: bool = False) -> torch.Tensor:
     """The current token's attention over the retained cache, summed over heads: the input of decode re-selection.
 
     query (B, H, d) or (B, H, 1, d), key (B, H_kv, L, d), visible (B, L) bool, or (B, H_kv, L) when KV heads hold
     different entries -> (B, L) float32; fp32, GQA folded into the query rows (no repeat of the cache), softmax over
-    every visible entry.
+    every visible entry. ``per_kv_head``: summed over each KV head's query group only, (B, H_kv, L) (for a cache
+    whose slot l holds a different token in each KV head).
     """
     b, h, d = query.shape[0], query.shape[1], query.shape[-1]
     h_kv = key.shape[1]
     logits = torch.matmul(query.float().reshape(b, h_kv, h // h_kv, d), key.float().transpose(-1, -2)) * scaling
     hidden = ~(visible[:, None, None, :] if visible.dim() == 2 else visible[:, :, None, :])
-    return torch.softmax(logits.masked_fill(hidden, float("-inf")), dim=-1).sum(dim=(1, 2))
+    probs = torch.softmax(logits.masked_fill(hidden, float("-inf")), dim=-1)
+    return probs.sum(dim=2) if per_kv_head else probs.sum(dim=(1, 2))
 
 
 def select_window(window_mass: torch.Tensor, tau: float, num_heads: int) -> torch.Tensor:

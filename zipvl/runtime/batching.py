@@ -267,7 +267,7 @@ class Scheduler:
             r.events.put(("error", e))
             return False
         n = r.pre.length
-        r.kept_ratio = float(np.mean([c / n for c in r.pre.counts]))
+        r.kept_ratio = float(np.mean([r.pre.held(i) / n for i in range(len(r.pre.counts))]))
         return self._emit(r, int(r.pre.logits.argmax()))
 
     def _emit(self, r: _Request, token: int) -> bool:
@@ -290,21 +290,16 @@ class Scheduler:
         for i in range(e.num_layers):
             layer_counts = []
             for r in self.running:
-                held = int(old.layers[i].lengths[old_rows[id(r)]]) if id(r) in old_rows else r.pre.counts[i]
+                held = old.layers[i].row_length(old_rows[id(r)]) if id(r) in old_rows else r.pre.counts[i]
                 layer_counts.append(held + r.max_new_tokens - 1 - r.steps)  # room for every step still to come
             counts.append(layer_counts)
-        cache = KVCache(counts, e.desc["num_kv_heads"], e.desc["head_dim"], 0, e.limits["kv_capacity"])
+        cache = e.new_cache(counts, 0)
         for i, layer in enumerate(cache.layers):
             for j, r in enumerate(self.running):
                 if id(r) in old_rows:
-                    src, k = old.layers[i], old_rows[id(r)]
-                    n = int(src.lengths[k])
-                    layer.key[j, :, :n] = src.key[k, :, :n]
-                    layer.value[j, :, :n] = src.value[k, :, :n]
-                    layer.positions[j, :n] = src.positions[k, :n]
-                    layer.lengths[j] = n
+                    layer.copy_row(j, old.layers[i], old_rows[id(r)])
                 else:
-                    layer.fill(j, r.pre.keys[i], r.pre.values[i], r.pre.counts[i], r.pre.indices[i])
+                    layer.fill(j, r.pre.keys[i], r.pre.values[i], r.pre.cache_counts(i), r.pre.indices[i])
         self.cache, self._members = cache, list(self.running)
         self._io = e.bind_cache(cache)
         for r in self.running:  # the prefill's full-capacity K/V are no longer needed once copied

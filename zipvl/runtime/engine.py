@@ -30,16 +30,25 @@ class PrefillResult:
 
     length: int
     logits: np.ndarray
-    counts: list[int]  # per layer: what the cache keeps
-    indices: list[np.ndarray]
-    keys: list[np.ndarray]  # (H_kv, n, d), first count valid
+    counts: list[int]  # per layer: what the cache keeps (one set per KV head: the largest head's count)
+    indices: list  # per layer: kept positions ascending (one set per KV head: one array per KV head)
+    keys: list[np.ndarray]  # (H_kv, n, d), first count valid (per KV head: its own count)
     values: list[np.ndarray]
     rope_delta: int = 0
     attended: list[int] | None = None  # per layer: the sparse attention's count when it differs (tau_evict)
+    head_counts: list[np.ndarray] | None = None  # per layer (H_kv,): each KV head's count (head_reduce="kv")
 
     @property
     def attended_counts(self) -> list[int]:
         return self.counts if self.attended is None else self.attended
+
+    def cache_counts(self, layer: int):
+        """What :meth:`LayerCache.fill` takes: the layer's count, or one per KV head."""
+        return self.counts[layer] if self.head_counts is None else self.head_counts[layer]
+
+    def held(self, layer: int) -> float:
+        """Entries the layer keeps per KV head (one set per KV head: their mean, as the reference counts it)."""
+        return self.counts[layer] if self.head_counts is None else float(np.mean(self.head_counts[layer]))
 
 
 @dataclass
@@ -100,6 +109,8 @@ class Engine:
         extras = self.manifest.get("extras", {})
         self.newline = np.load(self.dir / extras["image_newline"]) if "image_newline" in extras else None
         self.num_layers = self.desc["num_layers"]
+        # one KV set per layer, or one per KV head (head_reduce="kv": the cache's layout follows)
+        self.kv_sets = self.desc["num_kv_heads"] if self.config.head_reduce == "kv" else 1
         self.scaling = float(self.desc["scaling"])  # the attention's softmax scale (re-selection recomputes it)
 
     # ---------------------------------------------------------------- prefill
@@ -115,15 +126,20 @@ class Engine:
             feed["image_mask"] = self.image_mask(prompt)[None]
         outs = self.prefill_session.run(None, feed)
         per_layer = 5 if self.config.tau_evict is not None else 4  # + attended_count.{i}
-        counts, indices, keys, values, attended = [], [], [], [], []
+        counts, indices, keys, values, attended, heads = [], [], [], [], [], []
         for i in range(self.num_layers):
             k, v, c, idx, *att = outs[1 + per_layer * i: 1 + per_layer * (i + 1)]
-            counts.append(int(c[0]))
-            indices.append(idx[0, : int(c[0])].astype(np.int64))
+            if self.kv_sets > 1:  # kept_count (1, H_kv), kept_indices (1, H_kv, n): a set per KV head
+                heads.append(c[0].astype(np.int64))
+                counts.append(int(c[0].max()))
+                indices.append([row[:count].astype(np.int64) for row, count in zip(idx[0], c[0])])
+            else:
+                counts.append(int(c[0]))
+                indices.append(idx[0, : int(c[0])].astype(np.int64))
             keys.append(k[0])
             values.append(v[0])
             attended += [int(a[0]) for a in att]
-        return PrefillResult(n, outs[0][0], counts, indices, keys, values, delta, attended or None)
+        return PrefillResult(n, outs[0][0], counts, indices, keys, values, delta, attended or None, heads or None)
 
     def image_mask(self, prompt: Prompt) -> np.ndarray:
         """(n,) bool: the prompt's visual tokens (its image-token placeholders); all False for a text model."""
@@ -173,11 +189,10 @@ class Engine:
         prefills = [self.prefill(p) for p in prompts]
         b = len(prompts)
         counts = [[pre.counts[i] for pre in prefills] for i in range(self.num_layers)]
-        cache = KVCache(counts, self.desc["num_kv_heads"], self.desc["head_dim"], max_new_tokens - 1,
-                        self.limits["kv_capacity"])
+        cache = self.new_cache(counts, max_new_tokens - 1)
         for i, layer in enumerate(cache.layers):
             for r, pre in enumerate(prefills):
-                layer.fill(r, pre.keys[i], pre.values[i], pre.counts[i], pre.indices[i])
+                layer.fill(r, pre.keys[i], pre.values[i], pre.cache_counts(i), pre.indices[i])
         result = Generation(tokens=np.zeros((b, 0), dtype=np.int64), logits=[], prefills=prefills,
                             prefill_stats=self._prefill_stats(prefills), cache_lengths_prefill=cache.lengths())
         logits = np.stack([pre.logits for pre in prefills])
@@ -207,6 +222,11 @@ class Engine:
         result.retained = [[layer.retained(r) for r in range(b)] for layer in cache.layers]
         result.kv_bytes = cache.nbytes()
         return result
+
+    def new_cache(self, counts: list[list[int]], new_tokens: int) -> KVCache:
+        """An empty cache in this engine's layout for entries ``counts[layer][row]`` (+ ``new_tokens``)."""
+        return KVCache(counts, self.desc["num_kv_heads"], self.desc["head_dim"], new_tokens,
+                       self.limits["kv_capacity"], self.kv_sets)
 
     def bind_cache(self, cache: KVCache):
         """Bind a cache's per-layer buffers (OrtValues, no copy) as the decode graph's inputs and as its present
@@ -247,14 +267,12 @@ class Engine:
 
     def _reselect(self, cache: KVCache, step: DecodeStep, window: int) -> ForwardStats:
         stats = ForwardStats(phase="decode")
-        kv_entry = 2 * self.desc["num_kv_heads"] * self.desc["head_dim"] * 4
         for i, layer in enumerate(cache.layers):
-            before = kv_entry * int(layer.lengths.sum())
+            before = layer.nbytes_valid()
             kept = layer.reselect(step.queries[i], window, self.config.evict_tau, self.scaling)
             stats.layers.append(LayerStats(layer=i, phase="decode", mode="reselect", length=[window] * len(kept),
-                                           kept=kept, kv_bytes_before=before,
-                                           kv_bytes_after=kv_entry * int(layer.lengths.sum()),
-                                           cache_length=layer.lengths.tolist()))
+                                           kept=kept, kv_bytes_before=before, kv_bytes_after=layer.nbytes_valid(),
+                                           cache_length=layer.held()))
         return stats
 
     def _prefill_stats(self, prefills: list[PrefillResult]) -> ForwardStats:
@@ -264,7 +282,7 @@ class Engine:
         stats = ForwardStats(phase="prefill")
         lengths = [p.length for p in prefills]
         for i in range(self.num_layers):
-            cached = [p.counts[i] for p in prefills]
+            cached = [p.held(i) for p in prefills]
             dense = i in self.config.dense_layers
             probe = 0 if dense else sum(probe_flops(n, min(n, self.config.n_probes), h, hd) for n in lengths)
             # a dense-prefill engine (sparse_prefill False) attends over all n and pays the probe on top, as the

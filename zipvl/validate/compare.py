@@ -43,6 +43,32 @@ def classify(engine_kept: np.ndarray, ref_kept: np.ndarray, score: np.ndarray | 
     return "near_tie" if near.all() else "mismatch"
 
 
+def _heads(kept):
+    """A kept set as a list of per-KV-head position arrays (one set per layer: a list of one)."""
+    return list(kept) if isinstance(kept, list) else [kept]
+
+
+def same_sets(a, b) -> bool:
+    """Equal kept sets, one per layer or one per KV head."""
+    a, b = _heads(a), _heads(b)
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def classify_sets(engine_kept, ref_kept, score, tie_rtol: float) -> str:
+    """:func:`classify` per KV head (score (H_kv, n) then): the worst verdict over the heads."""
+    engine_kept, ref_kept = _heads(engine_kept), _heads(ref_kept)
+    if len(engine_kept) != len(ref_kept):
+        return "mismatch"
+    scores = [None] * len(ref_kept) if score is None else (list(score) if np.ndim(score) == 2 else [score])
+    kinds = {classify(a, b, s, tie_rtol) for a, b, s in zip(engine_kept, ref_kept, scores)}
+    return next(k for k in ("mismatch", "near_tie", "identical") if k in kinds)
+
+
+def _jaccard(a, b) -> float:
+    pairs = [{(j, int(p)) for j, head in enumerate(_heads(x)) for p in head} for x in (a, b)]
+    return len(pairs[0] & pairs[1]) / max(1, len(pairs[0] | pairs[1]))
+
+
 def compare_logits(engine_logits: list[np.ndarray], ref_logits: list[np.ndarray], tol: Tolerance) -> dict:
     """polygraphy Comparator.compare_accuracy over the steps (one IterationResult per step, output "logits")."""
     from polygraphy.comparator import Comparator, CompareFunc, RunResults
@@ -62,7 +88,7 @@ def compare_batch(engine: Engine, model, prompts: list[Prompt], max_new_tokens: 
     """One batch: engine generate vs reference generate (same config, same probes)."""
     gen = engine.generate(prompts, max_new_tokens=max_new_tokens)
     ref = run_reference(model, prompts, engine.desc, engine.config, max_new_tokens)
-    strict = all(np.array_equal(p.indices[i], ref.kept[i][r]) for i in range(engine.num_layers)
+    strict = all(same_sets(p.indices[i], ref.kept[i][r]) for i in range(engine.num_layers)
                  for r, p in enumerate(gen.prefills))
     followed = False
     if not strict:
@@ -76,12 +102,11 @@ def compare_batch(engine: Engine, model, prompts: list[Prompt], max_new_tokens: 
     for i in range(engine.num_layers):
         rows, kinds = [], []
         for r, pre in enumerate(gen.prefills):
-            a, b = set(pre.indices[i].tolist()), set(ref.kept[i][r].tolist())
-            rows.append(len(a & b) / max(1, len(a | b)))
-            kinds.append(classify(pre.indices[i], ref.kept[i][r], ref.scores[i][r], tol.tie_rtol))
+            rows.append(_jaccard(pre.indices[i], ref.kept[i][r]))
+            kinds.append(classify_sets(pre.indices[i], ref.kept[i][r], ref.scores[i][r], tol.tie_rtol))
         layers.append({"layer": i, "identical": all(k == "identical" for k in kinds), "agreement": kinds,
-                       "jaccard": rows, "engine_kept": [p.counts[i] for p in gen.prefills],
-                       "reference_kept": [len(x) for x in ref.kept[i]]})
+                       "jaccard": rows, "engine_kept": [p.held(i) for p in gen.prefills],
+                       "reference_kept": [float(np.mean([len(h) for h in _heads(x)])) for x in ref.kept[i]]})
     if ref.tokens.shape != gen.tokens.shape:
         raise AssertionError(f"reference generated {ref.tokens.shape[1]} tokens, engine {gen.tokens.shape[1]}")
     same = gen.tokens == ref.tokens
@@ -97,11 +122,11 @@ def compare_batch(engine: Engine, model, prompts: list[Prompt], max_new_tokens: 
         "near_ties": [(x["layer"], r) for x in layers for r, k in enumerate(x["agreement"]) if k == "near_tie"],
         "reference_followed_engine": followed,
         "cache_lengths_prefill": {"engine": gen.cache_lengths_prefill, "reference": ref.prefill_counts,
-                                  "equal": gen.cache_lengths_prefill == [list(map(int, c)) for c in ref.prefill_counts]},
+                                  "equal": gen.cache_lengths_prefill == _ints(ref.prefill_counts)},
         "cache_lengths_final": {"engine": gen.cache_lengths, "reference": ref.cache_lengths,
                                 "equal": gen.cache_lengths == ref.cache_lengths},
         # what each layer's cache holds at the end, by original position: the decode re-selections' kept sets
-        "retained_identical": all(np.array_equal(e, r) for el, rl in zip(gen.retained, ref.retained)
+        "retained_identical": all(same_sets(e, r) for el, rl in zip(gen.retained, ref.retained)
                                   for e, r in zip(el, rl)),
         "reselections": len(gen.decode_stats),
         "logits": logits,
@@ -117,6 +142,11 @@ def compare_batch(engine: Engine, model, prompts: list[Prompt], max_new_tokens: 
                             and report["cache_lengths_final"]["equal"] and logits["passed"]
                             and report["tokens"]["identical"])
     return report
+
+
+def _ints(x):
+    """Nested lists of numbers as ints (the reference's stats may hold floats or tensors' items)."""
+    return [_ints(v) for v in x] if isinstance(x, (list, tuple)) else int(x)
 
 
 def validate(engine: Engine, model, prompts: list[Prompt], max_new_tokens: int = 32, batch: int = 2,

@@ -39,25 +39,35 @@ class RecordingPolicy(ZipVLPolicy):
         sel = super().select(query, key, scaling, ctx)
         i = ctx.layer_idx
         start = len(self.records.get(i, []))
-        for row, score in zip(sel.cache_kept, sel.score):
-            self.records.setdefault(i, []).append(row.nonzero().squeeze(-1).numpy())
+        for row, score in zip(sel.cache_kept, sel.score):  # row (n,), or (H_kv, n) with a set per KV head
+            self.records.setdefault(i, []).append(_positions(row))
             self.scores.setdefault(i, []).append(score.double().numpy())
         if self.forced is None or i not in self.forced:
             return sel
         kept = torch.zeros_like(sel.kept)
         for r in range(kept.shape[0]):
-            kept[r, torch.from_numpy(np.asarray(self.forced[i][start + r], dtype=np.int64))] = True
+            forced = self.forced[i][start + r]
+            for target, positions in zip(kept[r] if kept.dim() == 3 else [kept[r]],
+                                         forced if kept.dim() == 3 else [forced]):
+                target[torch.from_numpy(np.asarray(positions, dtype=np.int64))] = True
         if sel.evict is not None:  # the engine reports its cache set; the attention keeps the reference's tau set
             return Selection(kept=sel.kept, count=sel.count, mass=sel.mass, score=sel.score, probes=sel.probes,
                              evict=kept)
         return Selection(kept=kept, count=kept.sum(-1), mass=sel.mass, score=sel.score, probes=sel.probes)
 
 
+def _positions(kept: torch.Tensor):
+    """(n,) bool -> kept positions; (H_kv, n) -> one array per KV head."""
+    if kept.dim() == 2:
+        return [_positions(row) for row in kept]
+    return kept.nonzero().squeeze(-1).numpy()
+
+
 @dataclass
 class ReferenceRun:
     tokens: np.ndarray  # (B, T)
     logits: list[np.ndarray]  # T x (B, vocab)
-    kept: list[list[np.ndarray]]  # [layer][row] ascending kept positions (in the unpadded prompt)
+    kept: list[list]  # [layer][row] ascending kept positions (in the unpadded prompt); per KV head: [head] arrays
     scores: list[list[np.ndarray | None]]  # [layer][row] the reference's normalised scores (None: dense layer)
     prefill_counts: list[list[int]]  # [layer][row] cache entries after prefill
     cache_lengths: list[list[int]]  # [layer][row] after generation
@@ -134,7 +144,18 @@ def run_reference(model, prompts: list[Prompt], desc: dict, config: ZipVLConfig,
     # what each layer's cache holds after prefill (the stats' ``kept`` is the attention's count)
     counts = [list(s.cache_length) for s in sorted(state.prefill_stats.layers, key=lambda s: s.layer)]
     pads = [n_in - len(p.input_ids) for p in prompts]  # left padding shifts every slot of a row
-    retained = [[(layer.slots[r][layer.valid[r]] - pads[r]).numpy() for r in range(b)] for layer in cache.layers]
+    if config.head_reduce == "kv":  # the engine's layout: each KV head's own entries
+        h_kv = desc["num_kv_heads"]
+        kept = [[row if isinstance(row, list) else [row] * h_kv for row in layer] for layer in kept]
+        counts = [[[len(head) for head in row] for row in layer] for layer in kept]
+        held = [[[layer.valid[r] if layer.heads is None else layer.valid[r] & layer.heads[r, j] for j in range(h_kv)]
+                 for r in range(b)] for layer in cache.layers]
+        retained = [[[(layer.slots[r][mask] - pads[r]).numpy() for mask in rows[r]] for r in range(b)]
+                    for layer, rows in zip(cache.layers, held)]
+        lengths = [[[int(mask.sum()) for mask in row] for row in rows] for rows in held]
+    else:
+        retained = [[(layer.slots[r][layer.valid[r]] - pads[r]).numpy() for r in range(b)] for layer in cache.layers]
+        lengths = cache.physical_lengths()
     return ReferenceRun(tokens=out.sequences[:, n_in:].numpy(), logits=[x.float().numpy() for x in out.logits],
-                        kept=kept, scores=scores, prefill_counts=counts, cache_lengths=cache.physical_lengths(),
+                        kept=kept, scores=scores, prefill_counts=counts, cache_lengths=lengths,
                         retained=retained, prefill_stats=state.prefill_stats)
