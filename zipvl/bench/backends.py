@@ -233,7 +233,8 @@ class OnnxRuntimeBackend(Backend):
     def _stats(self, engine, pre):
         forward_stats, layer_stats = self._stats_cls
         stats = forward_stats(phase="prefill")
-        for i, count in enumerate(pre.counts):
+        for i in range(len(pre.counts)):
+            count = pre.held(i)  # per KV head (one set per KV head: their mean)
             mode = "dense_layer" if i in engine.config.dense_layers else "sparse"
             stats.layers.append(layer_stats(layer=i, phase="prefill", mode=mode, length=[pre.length], kept=[count],
                                             kv_bytes_before=self._kv_entry * pre.length,
@@ -249,15 +250,11 @@ class OnnxRuntimeBackend(Backend):
 
     def replicate(self, cache, batch):
         # Times single steps with the runtime's public bind_cache / decode_step (the calls Engine.generate makes).
-        from ..runtime.kv_cache import KVCache
-
         engine, pre = cache.engine, cache.prefill
-        counts = [[c] * batch for c in pre.counts]
-        kv = KVCache(counts, engine.desc["num_kv_heads"], engine.desc["head_dim"], self.decode_headroom,
-                     engine.limits["kv_capacity"])
+        kv = engine.new_cache([[c] * batch for c in pre.counts], self.decode_headroom)
         for i, layer in enumerate(kv.layers):
             for r in range(batch):
-                layer.fill(r, pre.keys[i], pre.values[i], pre.counts[i])
+                layer.fill(r, pre.keys[i], pre.values[i], pre.cache_counts(i))
         state = _OrtState(engine, pre, kv, engine.bind_cache(kv))
         state.positions = torch.full((batch,), pre.length + pre.rope_delta).numpy()
         return state
@@ -272,7 +269,8 @@ class OnnxRuntimeBackend(Backend):
     def kv_bytes(self, cache) -> int:
         if cache.kv is not None:
             return cache.kv.nbytes()
-        return self._kv_entry * sum(cache.prefill.counts)
+        pre = cache.prefill
+        return int(self._kv_entry * sum(pre.held(i) for i in range(len(pre.counts))))
 
 
 @dataclass
