@@ -56,7 +56,7 @@ def _export(tmp_path, tau, fn, name, opset=18, sparse=True, selection=(1, 0, 0),
     torch.onnx.export(Toy(tau, sparse, selection).eval(), _inputs(40, masked=masked), str(path), dynamo=True,
                       dynamic_shapes=dyn, input_names=NAMES[: len(dyn)],
                       output_names=["attn_out", "kept_indices", "kept_count", "key_compact", "value_compact",
-                                    "attended_count"],
+                                    "attended_indices"],
                       custom_translation_table={torch.ops.zipvl.prefill_attention.default: fn}, opset_version=opset,
                       verbose=False)
     return path
@@ -108,7 +108,7 @@ def _check(session, tau, sparse, n, seed, selection=(1, 0, 0), masked=False):
                             per_kv_head=bool(selection[6:7] and selection[6]))
     got = session.run(None, {name: t.numpy() for name, t in zip(NAMES, inputs)})
     assert np.array_equal(got[1], ref[1].numpy()) and np.array_equal(got[2], ref[2].numpy())  # same kept set
-    assert np.array_equal(got[5], ref[5].numpy())  # same attention count
+    assert np.array_equal(got[5], ref[5].numpy())  # same attention set
     for i in (0, 3, 4):
         np.testing.assert_allclose(got[i], ref[i].numpy(), atol=2e-5, rtol=1e-5)
     if tau == 1.0:
@@ -123,16 +123,17 @@ def test_standard_lowering_matches_reference(standard, n, seed):
     if len(selection) > 6:  # per KV head: each head's own set, its own entries compacted
         _check_per_kv_head(got, _inputs(n, seed, masked), selection, n)
         return
-    count, attended = int(got[2][0]), int(got[5][0])
+    count, attended = int(got[2][0]), int((got[5][0] >= 0).sum())
     if len(selection) >= 5 and selection[4] > 0:  # the floor is what the engine keeps at least
         assert count >= np.ceil(selection[4] * n - 1e-9)
     evict_tau = selection[5] if len(selection) > 5 else 0.0
     if evict_tau > tau:  # the cache keeps a superset of what the attention used; tau_evict 1 keeps everything
         assert count >= attended and (count == n if evict_tau >= 1.0 else True)
+        assert set(got[5][0, :attended].tolist()) <= set(got[1][0, :count].tolist())
         if sparse:  # the attention's output rows are its own (smaller) set: the other cached rows are zero
             assert int((np.abs(got[0][0]).sum(axis=(0, 2)) > 0).sum()) == attended
     else:
-        assert count == attended
+        assert np.array_equal(got[5], got[1])
     if masked:  # every text token (outside the image) is kept
         text = np.flatnonzero(~_inputs(n, seed, True)[4][0].numpy())
         assert set(text) <= set(got[1][0, :count].tolist())
@@ -141,7 +142,7 @@ def test_standard_lowering_matches_reference(standard, n, seed):
 def _check_per_kv_head(got, inputs, selection, n):
     _q, k, v, _probes = inputs[:4]
     counts = got[2][0]
-    assert got[1].shape == (1, HKV, n) and counts.shape == (HKV,) and np.array_equal(got[5], got[2])
+    assert got[1].shape == (1, HKV, n) and counts.shape == (HKV,) and np.array_equal(got[5], got[1])
     for j in range(HKV):
         idx = got[1][0, j, : counts[j]]
         assert (np.diff(idx) > 0).all() and (got[1][0, j, counts[j]:] == -1).all()

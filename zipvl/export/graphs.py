@@ -143,7 +143,7 @@ def _prefill(model, desc, config, ops):
     outputs = ["logits"]
     for i in range(desc["num_layers"]):
         outputs += [f"present.{i}.key", f"present.{i}.value", f"kept_count.{i}", f"kept_indices.{i}"]
-        outputs += [f"attended_count.{i}"] if evict_tau else []
+        outputs += [f"attended_indices.{i}"] if evict_tau else []
     lowering = _lowering(ops)[0]
     fn = lowering.plugin_prefill_attention if ops == "plugin" else lowering.standard_prefill_attention
     table = {torch.ops.zipvl.prefill_attention.default: fn}

@@ -83,7 +83,7 @@ def plugin_prefill_attention(query, key, value, probes, tau: float, sparse: bool
         pos = op.Range(op.Constant(value_int=0), op.Squeeze(n, zero), op.Constant(value_int=1))
         kept = op.Unsqueeze(op.Cast(pos, to=onnx.TensorProto.INT32), zero)
         count = op.Cast(n, to=onnx.TensorProto.INT32)
-        return out, kept, count, op.Identity(key), op.Identity(value), op.Identity(count)
+        return out, kept, count, op.Identity(key), op.Identity(value), op.Identity(kept)
     common = {"scaling": float(scaling), "num_heads": int(num_heads), "num_kv_heads": int(num_kv_heads),
               "head_dim": int(head_dim), "plugin_version": PLUGIN_VERSION, "plugin_namespace": PLUGIN_NAMESPACE}
     kept, count, _mass = ZIPVL.ZipVLTokenSelect(query, key, probes, tau=float(tau), **common)
@@ -95,7 +95,7 @@ def plugin_prefill_attention(query, key, value, probes, tau: float, sparse: bool
     if not sparse:  # dense prefill: every token over all n; the kept set only compacts the cache
         out, _pk, _pv, _qk = op.Attention(query, key, value, is_causal=1, scale=float(scaling))
         return (out, kept, count, op.Where(keep, gathered[1], zero_f), op.Where(keep, gathered[2], zero_f),
-                op.Identity(count))
+                op.Identity(kept))
     o, _pk, _pv, _qk = op.Attention(*gathered, is_causal=1, scale=float(scaling))  # rows < p: exact; rows >= p: discarded
     # Row r of o goes to position idx[r]; padding rows to a spare slot n, cut off afterwards.
     rows = op.Transpose(o, perm=[2, 0, 1, 3])  # (n, 1, H, d)
@@ -104,7 +104,7 @@ def plugin_prefill_attention(query, key, value, probes, tau: float, sparse: bool
     scattered = op.ScatterND(zeros, op.Unsqueeze(op.Where(valid, idx, n), one), rows)
     out = op.Transpose(op.Slice(scattered, zero, n, zero), perm=[1, 2, 0, 3])  # (1, H, n, d)
     return (out, kept, count, op.Where(keep, gathered[1], zero_f), op.Where(keep, gathered[2], zero_f),
-            op.Identity(count))
+            op.Identity(kept))
 
 
 def plugin_decode_attention(query, key, value, past_key, past_value, past_length, scaling: float, num_heads: int,

@@ -113,7 +113,7 @@ def standard_prefill_attention(query, key, value, probes, tau: float, sparse: bo
         if per_kv_head:  # the per-KV-head layout: every head keeps every token
             kept = op.Expand(op.Unsqueeze(kept, zero), op.Concat(_i64(1, h_kv), n, axis=0))  # (1, H_kv, n)
             count = op.Expand(op.Unsqueeze(count, zero), _i64(1, h_kv))  # (1, H_kv)
-        return out, kept, count, op.Identity(key), op.Identity(value), op.Identity(count)
+        return out, kept, count, op.Identity(key), op.Identity(value), op.Identity(kept)
 
     q = op.Squeeze(query, zero)  # (H, n, d)
     k = op.Squeeze(key, zero)  # (H_kv, n, d)
@@ -185,7 +185,10 @@ def standard_prefill_attention(query, key, value, probes, tau: float, sparse: bo
     value_compact = op.Pad(_heads(vg, h_kv, d), kv_pads, op.Constant(value_float=0.0))
     idx_pads = op.Concat(_i64(0, 0, 0), rest, axis=0)
     kept = op.Pad(op.Unsqueeze(op.Cast(cache_idx, to=_INT32), zero), idx_pads, _i32_scalar(-1))
-    return out, kept, op.Cast(cache_count, to=_INT32), key_compact, value_compact, op.Cast(count, to=_INT32)
+    attended = kept if evict_tau <= tau else op.Pad(op.Unsqueeze(op.Cast(idx, to=_INT32), zero),
+                                                    op.Concat(_i64(0, 0, 0), op.Sub(n, count), axis=0),
+                                                    _i32_scalar(-1))
+    return out, kept, op.Cast(cache_count, to=_INT32), key_compact, value_compact, op.Identity(attended)
 
 
 def standard_decode_attention(query, key, value, past_key, past_value, past_length, scaling: float, num_heads: int,
@@ -288,7 +291,7 @@ def _per_kv_head_prefill(probs, seen, pos, n, m, rows, tau: float, scaling: floa
     compact = [op.Unsqueeze(op.Where(valid, op.GatherElements(x, at, axis=1), _f32(0.0)), zero) for x in (keys, values)]
     kept = op.Unsqueeze(op.Cast(idx, to=_INT32), zero)
     counts = op.Unsqueeze(op.Cast(count, to=_INT32), zero)
-    return out, kept, counts, compact[0], compact[1], op.Identity(counts)
+    return out, kept, counts, compact[0], compact[1], op.Identity(kept)
 
 
 def _rowwise_keep(mass, score, total, pos, n, tau: float, protected=None, floor=None):

@@ -59,7 +59,7 @@ def prefill_attention(
     image_mask : (B, n) bool or None; given: every token outside it (text) is always kept (``protect_text``,
         preset "visual_only")
     per_kv_head : one kept set per KV head (``head_reduce="kv"``, preset "evict_question_kv"; needs sparse=False):
-        kept_indices (B, H_kv, n), kept_count / attended_count (B, H_kv), and each KV head's own entries compacted
+        kept_indices / attended_indices (B, H_kv, n), kept_count (B, H_kv), and each KV head's own entries compacted
 
     Returns
     -------
@@ -67,7 +67,8 @@ def prefill_attention(
     kept_indices : (B, n) int32, ascending positions the cache keeps, first ``kept_count`` valid, rest -1
     kept_count : (B,) int32
     key_compact, value_compact : (B, H_kv, n, d), first ``kept_count`` entries = K[T] / V[T], rest zero
-    attended_count : (B,) int32, |T| at tau (what the sparse attention used); kept_count unless evict_tau > tau
+    attended_indices : like kept_indices, the tau set T (what the sparse attention used); kept_indices unless
+        evict_tau > tau
     """
     heads = "kv" if per_kv_head else ("max" if head_max else "sum")
     config = ZipVLConfig(tau=tau, pool="max" if pool_kernel > 1 else "none", pool_kernel=max(1, pool_kernel),
@@ -85,7 +86,7 @@ def prefill_attention(
     valid = (per_head >= 0)[..., None]
     kc = torch.where(valid, torch.gather(key, 2, safe), torch.zeros((), dtype=key.dtype))
     vc = torch.where(valid, torch.gather(value, 2, safe), torch.zeros((), dtype=value.dtype))
-    return out, idx.to(torch.int32), count.to(torch.int32), kc, vc, sel.count.to(torch.int32)
+    return out, idx.to(torch.int32), count.to(torch.int32), kc, vc, kept_positions(sel.kept, pad=-1).to(torch.int32)
 
 
 @prefill_attention.register_fake
@@ -100,7 +101,7 @@ def _(query, key, value, probes, tau, sparse, scaling, num_heads, num_kv_heads, 
         query.new_empty(sets, dtype=torch.int32),
         torch.empty_like(key),
         torch.empty_like(value),
-        query.new_empty(sets, dtype=torch.int32),
+        query.new_empty((*sets, n), dtype=torch.int32),
     )
 
 

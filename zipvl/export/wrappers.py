@@ -135,8 +135,8 @@ class Qwen2VLVisionGraph(nn.Module):
 class PrefillGraph(nn.Module):
     """inputs_embeds (1, n, hidden), position_ids (1, n) or (3, 1, n), probes (1, m) int32 [, image_mask (1, n) bool
     with protect_text] -> logits (1, vocab) of the last position, then per layer key/value (1, H_kv, n, d) compacted
-    (first kept_count valid), kept_count (1,) int32, kept_indices (1, n) int32 [, attended_count (1,) int32 with
-    tau_evict: the sparse attention's own count]."""
+    (first kept_count valid), kept_count (1,) int32, kept_indices (1, n) int32 [, attended_indices (1, n) int32 with
+    tau_evict: the sparse attention's own set, -1 padded]."""
 
     def __init__(self, model, taus: list[float], sparse_prefill: bool = True, selection: dict | None = None,
                  floors: list[float] | None = None, evict_tau: float = 0.0):

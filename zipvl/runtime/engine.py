@@ -35,12 +35,12 @@ class PrefillResult:
     keys: list[np.ndarray]  # (H_kv, n, d), first count valid (per KV head: its own count)
     values: list[np.ndarray]
     rope_delta: int = 0
-    attended: list[int] | None = None  # per layer: the sparse attention's count when it differs (tau_evict)
+    attended: list[np.ndarray] | None = None  # per layer: the sparse attention's set when it differs (tau_evict)
     head_counts: list[np.ndarray] | None = None  # per layer (H_kv,): each KV head's count (head_reduce="kv")
 
     @property
     def attended_counts(self) -> list[int]:
-        return self.counts if self.attended is None else self.attended
+        return self.counts if self.attended is None else [len(a) for a in self.attended]
 
     def cache_counts(self, layer: int):
         """What :meth:`LayerCache.fill` takes: the layer's count, or one per KV head."""
@@ -125,7 +125,7 @@ class Engine:
         if self.config.protect_text:  # the graph keeps every token outside the mask
             feed["image_mask"] = self.image_mask(prompt)[None]
         outs = self.prefill_session.run(None, feed)
-        per_layer = 5 if self.config.tau_evict is not None else 4  # + attended_count.{i}
+        per_layer = 5 if self.config.tau_evict is not None else 4  # + attended_indices.{i}
         counts, indices, keys, values, attended, heads = [], [], [], [], [], []
         for i in range(self.num_layers):
             k, v, c, idx, *att = outs[1 + per_layer * i: 1 + per_layer * (i + 1)]
@@ -138,7 +138,7 @@ class Engine:
                 indices.append(idx[0, : int(c[0])].astype(np.int64))
             keys.append(k[0])
             values.append(v[0])
-            attended += [int(a[0]) for a in att]
+            attended += [a[0][a[0] >= 0].astype(np.int64) for a in att]
         return PrefillResult(n, outs[0][0], counts, indices, keys, values, delta, attended or None, heads or None)
 
     def image_mask(self, prompt: Prompt) -> np.ndarray:

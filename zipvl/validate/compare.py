@@ -43,6 +43,9 @@ def classify(engine_kept: np.ndarray, ref_kept: np.ndarray, score: np.ndarray | 
     return "near_tie" if near.all() else "mismatch"
 
 
+VERDICTS = ("identical", "near_tie", "mismatch")  # best to worst
+
+
 def _heads(kept):
     """A kept set as a list of per-KV-head position arrays (one set per layer: a list of one)."""
     return list(kept) if isinstance(kept, list) else [kept]
@@ -61,7 +64,7 @@ def classify_sets(engine_kept, ref_kept, score, tie_rtol: float) -> str:
         return "mismatch"
     scores = [None] * len(ref_kept) if score is None else (list(score) if np.ndim(score) == 2 else [score])
     kinds = {classify(a, b, s, tie_rtol) for a, b, s in zip(engine_kept, ref_kept, scores)}
-    return next(k for k in ("mismatch", "near_tie", "identical") if k in kinds)
+    return max(kinds, key=VERDICTS.index)
 
 
 def _jaccard(a, b) -> float:
@@ -88,15 +91,18 @@ def compare_batch(engine: Engine, model, prompts: list[Prompt], max_new_tokens: 
     """One batch: engine generate vs reference generate (same config, same probes)."""
     gen = engine.generate(prompts, max_new_tokens=max_new_tokens)
     ref = run_reference(model, prompts, engine.desc, engine.config, max_new_tokens)
-    strict = all(same_sets(p.indices[i], ref.kept[i][r]) for i in range(engine.num_layers)
-                 for r, p in enumerate(gen.prefills))
+    both = gen.prefills[0].attended is not None  # tau_evict: the attention's own set is checked too
+    strict = all(same_sets(p.indices[i], ref.kept[i][r]) and (not both or same_sets(p.attended[i], ref.attended[i][r]))
+                 for i in range(engine.num_layers) for r, p in enumerate(gen.prefills))
     followed = False
     if not strict:
         # fp32 near-ties can make ORT and torch pick different tokens at the boundary; re-run the reference on the
         # engine's kept sets (still recording the reference's own choice at every layer on those same inputs), so
         # every layer is judged on identical inputs and the logits/tokens compare the same computation.
         forced = {i: [p.indices[i] for p in gen.prefills] for i in range(engine.num_layers)}
-        ref = run_reference(model, prompts, engine.desc, engine.config, max_new_tokens, forced=forced)
+        attention = {i: [p.attended[i] for p in gen.prefills] for i in range(engine.num_layers)} if both else None
+        ref = run_reference(model, prompts, engine.desc, engine.config, max_new_tokens, forced=forced,
+                            forced_attention=attention)
         followed = True
     layers = []
     for i in range(engine.num_layers):
@@ -104,6 +110,9 @@ def compare_batch(engine: Engine, model, prompts: list[Prompt], max_new_tokens: 
         for r, pre in enumerate(gen.prefills):
             rows.append(_jaccard(pre.indices[i], ref.kept[i][r]))
             kinds.append(classify_sets(pre.indices[i], ref.kept[i][r], ref.scores[i][r], tol.tie_rtol))
+            if both:  # the worse of the cache set's and the attention set's verdicts
+                kinds[-1] = max(kinds[-1], classify_sets(pre.attended[i], ref.attended[i][r], ref.scores[i][r],
+                                                         tol.tie_rtol), key=VERDICTS.index)
         layers.append({"layer": i, "identical": all(k == "identical" for k in kinds), "agreement": kinds,
                        "jaccard": rows, "engine_kept": [p.held(i) for p in gen.prefills],
                        "reference_kept": [float(np.mean([len(h) for h in _heads(x)])) for x in ref.kept[i]]})

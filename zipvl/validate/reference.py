@@ -27,13 +27,18 @@ class RecordingPolicy(ZipVLPolicy):
     ``forced[layer]`` (optional, rows in the same order): use these cache sets instead of the reference's own
     choice, while still recording the reference's own choice on the same inputs. Validation uses it to follow the
     engine's path after an fp32 near-tie, so every later layer is still checked against the reference.
+
+    With tau_evict the sparse attention's own (tau) set differs from the cache's: ``attended[layer]`` records it
+    and ``forced_attention[layer]`` forces it, in the same way.
     """
 
-    def __init__(self, config: ZipVLConfig, forced: dict[int, list[np.ndarray]] | None = None):
+    def __init__(self, config: ZipVLConfig, forced: dict[int, list[np.ndarray]] | None = None,
+                 forced_attention: dict[int, list[np.ndarray]] | None = None):
         super().__init__(config)
         self.records: dict[int, list[np.ndarray]] = {}
+        self.attended: dict[int, list[np.ndarray]] = {}
         self.scores: dict[int, list[np.ndarray]] = {}
-        self.forced = forced
+        self.forced, self.forced_attention = forced, forced_attention
 
     def select(self, query, key, scaling, ctx):
         sel = super().select(query, key, scaling, ctx)
@@ -42,18 +47,26 @@ class RecordingPolicy(ZipVLPolicy):
         for row, score in zip(sel.cache_kept, sel.score):  # row (n,), or (H_kv, n) with a set per KV head
             self.records.setdefault(i, []).append(_positions(row))
             self.scores.setdefault(i, []).append(score.double().numpy())
+        if sel.evict is not None:
+            self.attended.setdefault(i, []).extend(_positions(row) for row in sel.kept)
         if self.forced is None or i not in self.forced:
             return sel
-        kept = torch.zeros_like(sel.kept)
-        for r in range(kept.shape[0]):
-            forced = self.forced[i][start + r]
-            for target, positions in zip(kept[r] if kept.dim() == 3 else [kept[r]],
-                                         forced if kept.dim() == 3 else [forced]):
-                target[torch.from_numpy(np.asarray(positions, dtype=np.int64))] = True
-        if sel.evict is not None:  # the engine reports its cache set; the attention keeps the reference's tau set
-            return Selection(kept=sel.kept, count=sel.count, mass=sel.mass, score=sel.score, probes=sel.probes,
-                             evict=kept)
+        kept = _mask(sel.kept, self.forced[i][start:])
+        if sel.evict is not None:  # the cache set and the attention's own tau set, both the engine's
+            attention = sel.kept if self.forced_attention is None else _mask(sel.kept, self.forced_attention[i][start:])
+            return Selection(kept=attention, count=attention.sum(-1), mass=sel.mass, score=sel.score,
+                             probes=sel.probes, evict=kept)
         return Selection(kept=kept, count=kept.sum(-1), mass=sel.mass, score=sel.score, probes=sel.probes)
+
+
+def _mask(like: torch.Tensor, rows: list) -> torch.Tensor:
+    """Kept positions per row (one array, or one per KV head) -> a bool mask shaped ``like`` (B, [H_kv,] n)."""
+    kept = torch.zeros_like(like)
+    for r in range(kept.shape[0]):
+        for target, positions in zip(kept[r] if kept.dim() == 3 else [kept[r]],
+                                     rows[r] if kept.dim() == 3 else [rows[r]]):
+            target[torch.from_numpy(np.asarray(positions, dtype=np.int64))] = True
+    return kept
 
 
 def _positions(kept: torch.Tensor):
@@ -73,6 +86,7 @@ class ReferenceRun:
     cache_lengths: list[list[int]]  # [layer][row] after generation
     retained: list[list[np.ndarray]]  # [layer][row] original positions the cache holds after generation
     prefill_stats: object
+    attended: list[list[np.ndarray]] | None = None  # [layer][row] the sparse attention's set (tau_evict only)
 
 
 def batch_inputs(model, prompts: list[Prompt], desc: dict) -> dict:
@@ -111,12 +125,13 @@ def batch_inputs(model, prompts: list[Prompt], desc: dict) -> dict:
 
 @torch.no_grad()
 def run_reference(model, prompts: list[Prompt], desc: dict, config: ZipVLConfig, max_new_tokens: int,
-                  forced: dict[int, list[np.ndarray]] | None = None) -> ReferenceRun:
+                  forced: dict[int, list[np.ndarray]] | None = None,
+                  forced_attention: dict[int, list[np.ndarray]] | None = None) -> ReferenceRun:
     """Greedy reference generation with ZipVL enabled (EOS ignored, so both sides make the same number of steps).
     ``forced``: see :class:`RecordingPolicy`."""
     from transformers import GenerationConfig
 
-    policy = RecordingPolicy(config, forced)
+    policy = RecordingPolicy(config, forced, forced_attention)
     state = enable(model, policy=policy)
     inputs = batch_inputs(model, prompts, desc)
     state.mark_images(inputs["input_ids"])
@@ -141,6 +156,9 @@ def run_reference(model, prompts: list[Prompt], desc: dict, config: ZipVLConfig,
             rows = [np.arange(len(p.input_ids)) for p in prompts]
         kept.append(rows[-b:])
         scores.append(policy.scores.get(layer, [None] * b)[-b:])
+    # tau_evict: the attention's own set per layer (a dense layer's is its cache set)
+    attended = [policy.attended[i][-b:] if i in policy.attended else kept[i] for i in range(desc["num_layers"])] \
+        if config.tau_evict is not None else None
     # what each layer's cache holds after prefill (the stats' ``kept`` is the attention's count)
     counts = [list(s.cache_length) for s in sorted(state.prefill_stats.layers, key=lambda s: s.layer)]
     pads = [n_in - len(p.input_ids) for p in prompts]  # left padding shifts every slot of a row
@@ -158,4 +176,4 @@ def run_reference(model, prompts: list[Prompt], desc: dict, config: ZipVLConfig,
         lengths = cache.physical_lengths()
     return ReferenceRun(tokens=out.sequences[:, n_in:].numpy(), logits=[x.float().numpy() for x in out.logits],
                         kept=kept, scores=scores, prefill_counts=counts, cache_lengths=lengths,
-                        retained=retained, prefill_stats=state.prefill_stats)
+                        retained=retained, prefill_stats=state.prefill_stats, attended=attended)
