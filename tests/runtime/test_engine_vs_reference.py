@@ -79,6 +79,14 @@ def test_reselection_evicts_inside_the_window():
     assert (final < np.array(out.cache_lengths_prefill) + NEW_TOKENS - 1).any()
 
 
+def _assert_matches(report):
+    assert report["kept_sets_identical"], report["layers"]
+    assert report["cache_lengths_prefill"]["equal"] and report["cache_lengths_final"]["equal"], (
+        report["cache_lengths_prefill"], report["cache_lengths_final"])
+    assert report["retained_identical"]
+    assert report["logits"]["passed"] and report["tokens"]["identical"], (report["logits"], report["tokens"])
+
+
 @pytest.mark.parametrize("arch", ["llava", "qwen2_vl"])
 def test_evict_question_engine_matches_reference(models, arch):
     """The "evict_question" preset as an engine (question-span probes from the runtime, max pooling and protected
@@ -87,10 +95,7 @@ def test_evict_question_engine_matches_reference(models, arch):
     assert engine.config.probe_set == "question" and engine.config.protect_last == 32
     prompts = make_prompts(engine, 2, seed=3)
     assert all(prompt.pixel_values is not None for prompt in prompts)  # the question span starts after the image
-    report = compare_batch(engine, models[arch], prompts, NEW_TOKENS, TOL)
-    assert report["kept_sets_identical"], report["layers"]
-    assert report["cache_lengths_prefill"]["equal"] and report["retained_identical"], report["cache_lengths_prefill"]
-    assert report["logits"]["passed"] and report["tokens"]["identical"], (report["logits"], report["tokens"])
+    _assert_matches(compare_batch(engine, models[arch], prompts, NEW_TOKENS, TOL))
     probes = engine.probes(prompts[0]).numpy()
     image = np.flatnonzero(prompts[0].input_ids == engine.desc["image_token_id"])
     assert probes[0] == image[-1] + 1 or len(probes) == engine.config.n_probes  # the text after the last image token
@@ -103,21 +108,11 @@ def test_head_max_and_floor_engines_match_reference(models, preset, tau):
     engine = Engine(tiny_engine("llava", "standard", tau, preset=preset))
     prompts = make_prompts(engine, 2, seed=5)
     report = compare_batch(engine, models["llava"], prompts, NEW_TOKENS, TOL)
-    assert report["kept_sets_identical"], report["layers"]
-    assert report["cache_lengths_prefill"]["equal"] and report["retained_identical"], report["cache_lengths_prefill"]
-    assert report["logits"]["passed"] and report["tokens"]["identical"], (report["logits"], report["tokens"])
+    _assert_matches(report)
     if preset == "floored":
         floor = engine.config.min_ratio
         assert all(c >= np.ceil(floor * len(p.input_ids) - 1e-9) for layer in report["layers"]
                    for p, c in zip(prompts, layer["engine_kept"]))
-
-
-def _assert_matches(report):
-    assert report["kept_sets_identical"], report["layers"]
-    assert report["cache_lengths_prefill"]["equal"] and report["cache_lengths_final"]["equal"], (
-        report["cache_lengths_prefill"], report["cache_lengths_final"])
-    assert report["retained_identical"]
-    assert report["logits"]["passed"] and report["tokens"]["identical"], (report["logits"], report["tokens"])
 
 
 def test_safe_evict_engine_keeps_a_larger_cache_than_its_attention(models):

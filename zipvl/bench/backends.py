@@ -233,8 +233,7 @@ class OnnxRuntimeBackend(Backend):
     def _stats(self, engine, pre):
         forward_stats, layer_stats = self._stats_cls
         stats = forward_stats(phase="prefill")
-        for i in range(len(pre.counts)):
-            count = pre.held(i)  # per KV head (one set per KV head: their mean)
+        for i, count in enumerate(pre.held_counts):  # per KV head (one set per KV head: their mean)
             mode = "dense_layer" if i in engine.config.dense_layers else "sparse"
             stats.layers.append(layer_stats(layer=i, phase="prefill", mode=mode, length=[pre.length], kept=[count],
                                             kv_bytes_before=self._kv_entry * pre.length,
@@ -269,8 +268,7 @@ class OnnxRuntimeBackend(Backend):
     def kv_bytes(self, cache) -> int:
         if cache.kv is not None:
             return cache.kv.nbytes()
-        pre = cache.prefill
-        return int(self._kv_entry * sum(pre.held(i) for i in range(len(pre.counts))))
+        return int(self._kv_entry * sum(cache.prefill.held_counts))
 
 
 @dataclass

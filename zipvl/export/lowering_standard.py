@@ -212,10 +212,11 @@ def standard_decode_attention(query, key, value, past_key, past_value, past_leng
 
 
 def _tau_count(mass, n, threshold):
-    """Smallest count whose descending-sorted ``mass`` (n,) reaches ``threshold`` (fp64 scalar): (1,) int64."""
+    """Smallest count whose descending-sorted ``mass`` reaches ``threshold`` (fp64), per row of the last axis:
+    mass (n,) and a scalar threshold -> (1,) int64; mass (R, n) and threshold (R, 1) -> (R, 1)."""
     desc, _desc_idx = op.TopK(mass, n, axis=-1, largest=1, sorted=1)
-    cumulative = op.CumSum(op.Cast(desc, to=onnx.TensorProto.DOUBLE), op.Constant(value_int=0))
-    below = op.ReduceSum(op.Cast(op.Less(cumulative, threshold), to=_INT64), keepdims=1)
+    cumulative = op.CumSum(op.Cast(desc, to=onnx.TensorProto.DOUBLE), op.Constant(value_int=-1))
+    below = op.ReduceSum(op.Cast(op.Less(cumulative, threshold), to=_INT64), _i64(-1), keepdims=1)
     return op.Min(op.Add(below, _i64(1)), n)
 
 
@@ -302,11 +303,8 @@ def _rowwise_keep(mass, score, total, pos, n, tau: float, protected=None, floor=
         mass = op.Where(protected, _f32(0.0), mass)
         total = op.ReduceSum(op.Cast(mass, to=onnx.TensorProto.DOUBLE), _i64(-1), keepdims=0)
         score = op.Where(protected, _f32(_NEG_INF), score)
-    desc, _desc_idx = op.TopK(mass, n, axis=-1, largest=1, sorted=1)
-    cumulative = op.CumSum(op.Cast(desc, to=onnx.TensorProto.DOUBLE), op.Constant(value_int=1))
     threshold = op.Unsqueeze(op.Mul(total, _f64(tau)), _i64(1))  # (R, 1)
-    below = op.ReduceSum(op.Cast(op.Less(cumulative, threshold), to=_INT64), _i64(1), keepdims=0)  # (R,)
-    count = op.Min(op.Add(below, _i64(1)), n)
+    count = op.Squeeze(_tau_count(mass, n, threshold), _i64(1))  # (R,)
     if protected is not None:
         guarded = op.ReduceSum(op.Cast(protected, to=_INT64), keepdims=1)  # (1,)
         count = op.Min(count, op.Sub(n, guarded))

@@ -267,7 +267,7 @@ class Scheduler:
             r.events.put(("error", e))
             return False
         n = r.pre.length
-        r.kept_ratio = float(np.mean([r.pre.held(i) / n for i in range(len(r.pre.counts))]))
+        r.kept_ratio = float(np.mean(r.pre.held_counts)) / n
         return self._emit(r, int(r.pre.logits.argmax()))
 
     def _emit(self, r: _Request, token: int) -> bool:

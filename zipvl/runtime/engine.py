@@ -50,6 +50,11 @@ class PrefillResult:
         """Entries the layer keeps per KV head (one set per KV head: their mean, as the reference counts it)."""
         return self.counts[layer] if self.head_counts is None else float(np.mean(self.head_counts[layer]))
 
+    @property
+    def held_counts(self) -> list[float]:
+        """:meth:`held` of every layer."""
+        return [self.held(i) for i in range(len(self.counts))]
+
 
 @dataclass
 class DecodeStep:
