@@ -152,8 +152,10 @@ def standard_prefill_attention(query, key, value, probes, tau: float, sparse: bo
         """Steps 4-5 at threshold t -> (ascending kept positions (p,), p (1,))."""
         if t >= 1.0:  # every token (the rule's fp64 sum could round one off)
             return pos, n
-        if protected is not None:
-            return _protected_keep(mass, score, protected, n, t, floor)
+        if protected is not None:  # the per-KV-head rule with one row; its -1 padding sliced off
+            rows, counts = _rowwise_keep(op.Unsqueeze(mass, zero), op.Unsqueeze(score, zero), None, pos, n, t,
+                                         protected, floor)
+            return op.Slice(op.Squeeze(rows, zero), _i64(0), counts), counts
         # Step 4: p = smallest count whose descending mass reaches t * total (fp64 cumulative sum, as the reference)
         count = _tau_count(mass, n, op.Mul(total, _f64(t)))  # (1,)
         if floor is not None:
@@ -248,23 +250,6 @@ def _protected(pos, n, first: int, last: int, image_mask=None):
     return masks[0] if len(masks) == 1 else op.Or(masks[0], masks[1])
 
 
-def _protected_keep(mass, score, protected, n, tau: float, floor=None):
-    """keep_set with protection: the ``protected`` (n,) tokens always, plus the smallest number of the others whose
-    mass reaches tau of theirs (at least ``floor`` tokens in all), by score -> (ascending kept positions (p,), p (1,))."""
-    rest_mass = op.Where(protected, _f32(0.0), mass)
-    rest = op.Sub(n, op.ReduceSum(op.Cast(protected, to=_INT64), keepdims=1))  # (1,) unprotected tokens
-    threshold = op.Mul(op.ReduceSum(op.Cast(rest_mass, to=onnx.TensorProto.DOUBLE), keepdims=0), _f64(tau))
-    chosen = op.Min(_tau_count(rest_mass, n, threshold), rest)
-    if floor is not None:  # floor - protected <= rest, so the top-k below never reaches a protected token
-        chosen = op.Max(chosen, op.Max(op.Sub(floor, op.Sub(n, rest)), _i64(0)))
-    _top_val, top = op.TopK(op.Where(protected, _f32(_NEG_INF), score), chosen, axis=-1, largest=1, sorted=1)
-    always = op.Reshape(op.NonZero(protected), _i64(-1))
-    every = op.Concat(always, top, axis=0)
-    count = op.Shape(every)  # (1,)
-    idx, _idx_pos = op.TopK(every, count, axis=-1, largest=0, sorted=1)
-    return idx, count
-
-
 def _i32_scalar(value: int):
     return op.Constant(value=onnx.helper.make_tensor("c", _INT32, [], [int(value)]))
 
@@ -296,7 +281,8 @@ def _per_kv_head_prefill(probs, seen, pos, n, m, rows, tau: float, scaling: floa
 
 
 def _rowwise_keep(mass, score, total, pos, n, tau: float, protected=None, floor=None):
-    """Steps 4-5 (with protection and floor, as keep_set) on each row of mass / score (R, n), total (R,) fp64 ->
+    """Steps 4-5 (with protection and floor, as keep_set) on each row of mass / score (R, n), total (R,) fp64 (unused
+    when ``protected`` is given: the rule then runs against the unprotected tokens' own mass) ->
     (ascending kept positions (R, n) padded with -1, counts (R,)). ``TopK``'s k is one scalar, so each row's count
     becomes a rank test (rank by score < count) instead of a per-row top-k."""
     if protected is not None:  # the rule on the unprotected tokens, against their own mass
