@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from zipvl.models.default import build_default_model
-from zipvl.models.vision import TOWER, VERSION, WEIGHTS_DIR, save_vision
+from zipvl.models.vision import TOWER, VERSION, WEIGHTS_DIR, feature_select, save_vision
 from zipvl.models.vision_training import KINDS, TrainConfig, fast_bf16, train
 
 HELDOUT = {"easyvqa": 300, "scenes_long": 50, "multi_image": 50}  # task -> seeded items (zipvl-eval's own tasks)
@@ -97,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=TrainConfig.threads)
     p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
                    help="bf16 autocast; auto: where the CPU has native bf16 matmuls (AMX / AVX512-BF16), else fp32")
+    p.add_argument("--feature-select", choices=("default", "full"), default=None,
+                   help="LLaVA's vision_feature_select_strategy: 'full' also hands the LM each tile's CLS token "
+                        "(a per-tile summary); default: the --init weights' own, else 'default'")
     p.add_argument("--heldout", type=float, default=1.0, help="scale of the held-out check (0: skip)")
     p.add_argument("--out", type=Path, default=WEIGHTS_DIR)
     args = p.parse_args(argv)
@@ -105,14 +108,15 @@ def main(argv: list[str] | None = None) -> int:
                       tower_steps=0 if args.init else args.tower_steps, tower_lr=args.tower_lr,
                       mix=tuple(args.mix), init=str(args.init) if args.init else None)
     t0 = time.perf_counter()
-    model, processor = build_default_model(trained=False)
+    select = args.feature_select or (feature_select(args.init) if args.init else "default")
+    model, processor = build_default_model(trained=False, select=select)
     result = train(model, processor, cfg, log=lambda s: print(s, flush=True))
     history, stage1 = result["history"], result["stage1"]
     train_s = time.perf_counter() - t0
     weights = args.out / f"vision-{VERSION}.safetensors"
     card = {
         "command": "python scripts/train_vision.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "seed": cfg.seed, "train_config": {k: v for k, v in vars(cfg).items()}, "tower": TOWER,
+        "seed": cfg.seed, "feature_select": select, "train_config": {k: v for k, v in vars(cfg).items()}, "tower": TOWER,
         "data": "stage 1: easy-vqa train images (shape/colour from their own questions) + procedural single tiles; "
                 "stage 2: easy-vqa train split (38,575 questions, 4,000 images) + procedural scenes "
                 "(zipvl.data.scenes): single images, 2x2 / 3x3 / 4x4 tiled canvases, multi-image prompts; "

@@ -224,3 +224,28 @@ def test_shared_weights_engine_is_the_same_engine():
                 if i.data_location == onnx.TensorProto.EXTERNAL]
     assert 0 < len(values) < len(external)  # prefill and decode read the same tensors: one view each
     assert all(not arr.flags.writeable for arr, _ in values.values())  # a view of the read-only map, not a copy
+
+
+def test_full_feature_select_engine_matches_reference(tmp_path):
+    """LLaVA's "full" feature select (each image's CLS token goes to the LM beside its patch tokens, a per-tile
+    summary; what scripts/train_vision.py --feature-select full trains): the vision graph hands the LM side² + 1
+    tokens per image and the engine matches the reference on them."""
+    from zipvl.export.build import build_engine, load_model
+    from zipvl.testing import tiny_model
+    from zipvl.validate.tiny import MAX_SEQUENCE, tiny_config
+
+    model = tiny_model("llava")
+    model.config.vision_feature_select_strategy = "full"
+    model.save_pretrained(tmp_path / "model")
+    model, source = load_model(tmp_path / "model")
+    build_engine(model, tmp_path / "engine", ops="standard", config=tiny_config(), max_batch=4,
+                 max_sequence=MAX_SEQUENCE, source_dir=source, progress=False)
+    engine = Engine(tmp_path / "engine")
+    assert engine.desc["vision"]["select_strategy"] == "full"
+    vision = model.config.vision_config
+    prompts = make_prompts(engine, 2, seed=3)
+    for prompt in prompts:
+        assert (prompt.input_ids == model.config.image_token_id).sum() == (vision.image_size // vision.patch_size) ** 2 + 1
+    report = compare_batch(engine, model, prompts, NEW_TOKENS, TOL)
+    assert report["kept_sets_identical"] and report["cache_lengths_prefill"]["equal"], report["layers"]
+    assert report["logits"]["passed"] and report["tokens"]["identical"], (report["logits"], report["tokens"])

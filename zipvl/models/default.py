@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ZipVLError
-from .vision import IMAGE_SIZE, PATCH_SIZE, WEIGHTS, load_vision, vision_config
+from .vision import IMAGE_SIZE, PATCH_SIZE, WEIGHTS, feature_select, load_vision, vision_config
 from .vision import VERSION as VISION_VERSION
 
 log = logging.getLogger(__name__)
@@ -67,9 +67,10 @@ def _load_gguf_lm():
     return tokenizer, lm
 
 
-def _build_llava(tokenizer, lm, trained: bool = True):
+def _build_llava(tokenizer, lm, trained: bool = True, select: str | None = None):
     """Put the LM inside a LLaVA shell; the vision tower + projector are the trained ones (``trained``) or seeded
-    random ones (the starting point of training). Returns (model, processor)."""
+    random ones (the starting point of training). ``select``: LLaVA's feature-select strategy ("default" / "full");
+    None takes the shipped weights' own (random ones: "default"). Returns (model, processor)."""
     from transformers import (
         CLIPImageProcessorPil,
         LlamaConfig,
@@ -84,11 +85,15 @@ def _build_llava(tokenizer, lm, trained: bool = True):
     tokenizer.padding_side = "left"
     image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
 
+    if select is None:
+        select = feature_select() if trained else "default"
+    if select not in ("default", "full"):
+        raise ZipVLError(f"vision feature select {select!r}: expected 'default' or 'full'")
     text_dict = lm.config.to_dict()
     text_dict.pop("quantization_config", None)
     text_config = LlamaConfig(**text_dict)
     config = LlavaConfig(vision_config=vision_config(), text_config=text_config, image_token_index=image_token_id,
-                         vision_feature_select_strategy="default", vision_feature_layer=-1,
+                         vision_feature_select_strategy=select, vision_feature_layer=-1,
                          tie_word_embeddings=text_config.tie_word_embeddings)
     torch.manual_seed(VISION_SEED)
     model = LlavaForConditionalGeneration(config)
@@ -109,7 +114,7 @@ def _build_llava(tokenizer, lm, trained: bool = True):
     image_processor = CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE},
                                          crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
     processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=PATCH_SIZE,
-                               vision_feature_select_strategy="default", image_token=IMAGE_TOKEN,
+                               vision_feature_select_strategy=select, image_token=IMAGE_TOKEN,
                                num_additional_image_tokens=1, chat_template=tokenizer.chat_template)
     return model.eval(), processor
 
@@ -132,10 +137,10 @@ def match_projector_scale(model, pixels: torch.Tensor | None = None) -> None:
     model.model.multi_modal_projector.linear_2.bias.mul_(scale)
 
 
-def build_default_model(trained: bool = True):
+def build_default_model(trained: bool = True, select: str | None = None):
     """(model, processor) straight from the GGUF (no cache); ``trained=False`` gives the random vision tower."""
     tokenizer, lm = _load_gguf_lm()
-    return _build_llava(tokenizer, lm, trained=trained)
+    return _build_llava(tokenizer, lm, trained=trained, select=select)
 
 
 def default_model_dir(rebuild: bool = False) -> Path:

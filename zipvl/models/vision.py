@@ -25,6 +25,13 @@ CARD = WEIGHTS_DIR / f"vision-{VERSION}.json"
 TRAINABLE_PREFIXES = ("model.vision_tower.", "model.multi_modal_projector.")
 
 
+def feature_select(path: Path = WEIGHTS) -> str:
+    """The LLaVA ``vision_feature_select_strategy`` the weights were trained with (their card's ``feature_select``):
+    "default" hands the projector the patch tokens only, "full" also each image's CLS token, a per-tile summary."""
+    card = path.with_suffix(".json")
+    return json.loads(card.read_text()).get("feature_select", "default") if card.is_file() else "default"
+
+
 def vision_config():
     from transformers import CLIPVisionConfig
 
