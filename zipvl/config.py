@@ -211,6 +211,11 @@ class ZipVLConfig:
 VARIANT_FIELDS = ("probe_set", "question_tokens", "pool", "pool_kernel", "protect_first", "protect_last",
                   "protect_text", "head_reduce", "sparse_prefill", "tau_evict", "min_ratio")
 
+# The evict_question family's shared fields: dense prefill, eviction scored by the question span, max-pooled (k=5),
+# first 4 and last 32 tokens kept; each preset below changes one thing (tau, pool width, head granularity).
+_EVICT_QUESTION = {"sparse_prefill": False, "probe_set": "question", "pool": "max", "pool_kernel": 5,
+                   "protect_first": 4, "protect_last": 32}
+
 # name -> (one-line description, fields). Candidates for the measurement study; "paper" is exactly ZipVLConfig().
 PRESETS: dict[str, tuple[str, dict]] = {
     "paper": ("the paper's method (docs/method.md): 64 recent + 64 random probes, sum over heads, nothing protected",
@@ -234,22 +239,18 @@ PRESETS: dict[str, tuple[str, dict]] = {
     # visual task keeps dense's answers at any tau from 0.9 to 0.99
     "evict_question": (("dense prefill; eviction by the tau (0.985) rule on the question span's max-pooled (k=5) "
                         "score, first 4 and last 32 tokens kept"),
-                       {"sparse_prefill": False, "probe_set": "question", "pool": "max", "pool_kernel": 5,
-                        "protect_first": 4, "protect_last": 32, "tau": 0.985}),
+                       {**_EVICT_QUESTION, "tau": 0.985}),
     # the fifth round's lever: numbers are one token per digit and the question marks where they start; a 9-wide pool
     # keeps the 4 tokens either side of a kept one, so trailing digits stay (4K grid: 0.88 vs 0.80 same answer)
     "evict_question_wide": (("evict_question with a 9-token max-pool: the 4 neighbours either side of a token the "
                              "question needs survive with it (a number's trailing digits)"),
-                            {"sparse_prefill": False, "probe_set": "question", "pool": "max", "pool_kernel": 9,
-                             "protect_first": 4, "protect_last": 32, "tau": 0.985}),
+                            {**_EVICT_QUESTION, "pool_kernel": 9, "tau": 0.985}),
     "evict_question_heads": (("evict_question, with the score reduced by max over query heads (a token any head "
                               "needs) instead of the sum"),
-                             {"sparse_prefill": False, "probe_set": "question", "pool": "max", "pool_kernel": 5,
-                              "protect_first": 4, "protect_last": 32, "head_reduce": "max"}),
+                             {**_EVICT_QUESTION, "head_reduce": "max"}),
     "evict_question_kv": (("evict_question with one kept set per KV head (Ada-KV's granularity) instead of one per "
                            "layer"),
-                          {"sparse_prefill": False, "probe_set": "question", "pool": "max", "pool_kernel": 5,
-                           "protect_first": 4, "protect_last": 32, "tau": 0.985, "head_reduce": "kv"}),
+                          {**_EVICT_QUESTION, "tau": 0.985, "head_reduce": "kv"}),
     "safe_evict": ("sparse prefill at tau, KV eviction at the stricter tau_evict = 0.99", {"tau_evict": 0.99}),
     "max_heads": ("one set per layer by max over query heads (a token any head needs) instead of the sum",
                   {"head_reduce": "max"}),
