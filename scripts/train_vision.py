@@ -62,8 +62,8 @@ def plot_loss(history: list[dict], stage1: dict | None, path: Path, batch: int) 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("stage 2: answer loss through the frozen SmolLM2-135M", f"step (batch {batch} single images, fewer "
-               "for long prompts)", history)]
+    panels = [("stage 2: answer loss through the frozen SmolLM2-135M",
+               f"step (batch {batch} single images, fewer for long prompts)", history)]
     if stage1:
         panels.insert(0, ("stage 1: tower alone (present + shape + colour)", "step (batch of 64 tiles)",
                           stage1["history"]))
@@ -100,13 +100,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--feature-select", choices=("default", "full"), default=None,
                    help="LLaVA's vision_feature_select_strategy: 'full' also hands the LM each tile's CLS token "
                         "(a per-tile summary); default: the --init weights' own, else 'default'")
+    p.add_argument("--questions", type=int, default=TrainConfig.questions,
+                   help="questions per image; the later ones are follow-up chat turns on the same visual tokens")
+    p.add_argument("--binding", type=float, default=TrainConfig.binding,
+                   help="share of scene questions that pair one object's colour with another's shape (answer no)")
     p.add_argument("--heldout", type=float, default=1.0, help="scale of the held-out check (0: skip)")
     p.add_argument("--out", type=Path, default=WEIGHTS_DIR)
     args = p.parse_args(argv)
     bf16 = fast_bf16() if args.bf16 == "auto" else args.bf16 == "on"
     cfg = TrainConfig(bf16=bf16, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads,
                       tower_steps=0 if args.init else args.tower_steps, tower_lr=args.tower_lr,
-                      mix=tuple(args.mix), init=str(args.init) if args.init else None)
+                      mix=tuple(args.mix), init=str(args.init) if args.init else None, questions=args.questions,
+                      binding=args.binding)
     t0 = time.perf_counter()
     select = args.feature_select or (feature_select(args.init) if args.init else "default")
     model, processor = build_default_model(trained=False, select=select)

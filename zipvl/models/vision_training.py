@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -46,6 +46,11 @@ class TrainConfig:
     init: str | None = None  # start from these tower + projector weights (a later stage); skips stage 1
     # share of the batches of each kind in KINDS; in time: ~40 % easy-vqa, 20 % 4 x 4 canvases
     mix: tuple[float, ...] = (0.5, 0.06, 0.125, 0.07, 0.165, 0.08)
+    # questions per image (later ones as follow-up chat turns): one encode of the visual tokens, several answers'
+    # gradients — a 4 x 4 canvas is ~1,100 tokens and a follow-up ~25
+    questions: int = 1
+    # share of scene questions that test binding: "is there a <colour of one object> <shape of another>?" -> no
+    binding: float = 0.0
 
 
 @dataclass
@@ -54,6 +59,7 @@ class Sample:
     images: list
     answer: str
     kind: str
+    follow_ups: list = field(default_factory=list)  # (question, answer) turns after the first, same images
 
 
 def canvas_prompt(n_tiles: int, cols: int, question: str) -> str:
@@ -69,14 +75,19 @@ def multi_image_prompt(n: int, question: str) -> str:
 class SampleStream:
     """Seeded, endless stream of training batches; each batch is one kind, so padding stays small."""
 
-    def __init__(self, seed: int, mix: tuple[float, ...]):
+    def __init__(self, seed: int, mix: tuple[float, ...], questions: int = 1, binding: float = 0.0):
         from easy_vqa import get_train_image_paths, get_train_questions
 
         self.rng = random.Random(seed)
         self.questions, self.answers, self.image_ids = get_train_questions()
         self.paths = get_train_image_paths()
         self.mix = mix
+        self.n_questions = questions
+        self.binding = binding
         self._order: list[int] = []
+        self._by_image: dict[int, list[int]] = {}
+        for i, image in enumerate(self.image_ids):
+            self._by_image.setdefault(image, []).append(i)
 
     def _easyvqa(self) -> Sample:
         from PIL import Image
@@ -85,32 +96,60 @@ class SampleStream:
             self._order = list(range(len(self.questions)))
             self.rng.shuffle(self._order)
         i = self._order.pop()
-        img = Image.open(self.paths[self.image_ids[i]]).convert("RGB")  # the processor resizes, as in zipvl-eval
-        return Sample(f"{IMAGE_MARK}\n{self.questions[i]} {VQA_SUFFIX}", [img], self.answers[i], "easyvqa")
+        image = self.image_ids[i]
+        img = Image.open(self.paths[image]).convert("RGB")  # the processor resizes, as in zipvl-eval
+        others = [j for j in self._by_image[image] if j != i]
+        more = self.rng.sample(others, min(len(others), self.n_questions - 1))
+        return Sample(f"{IMAGE_MARK}\n{self.questions[i]} {VQA_SUFFIX}", [img], self.answers[i], "easyvqa",
+                      [(self.questions[j], self.answers[j]) for j in more])
+
+    def _scene_questions(self, scene, multi: bool = False) -> list[tuple[str, str]]:
+        """``n_questions`` distinct questions about one scene; a ``binding`` share of them pair one object's colour
+        with another's shape (answer "no"), so "red somewhere and a circle somewhere" is not enough for "yes"."""
+        rng, out = self.rng, []
+        for _ in range(8 * self.n_questions):
+            if len(out) == self.n_questions:
+                break
+            qa = binding_question(rng, scene) if rng.random() < self.binding else None
+            qa = qa or scene_question(rng, scene)
+            if multi and qa[0].startswith("how many"):
+                qa = "how many images show a shape?", {1: "one", 2: "two", 3: "three", 4: "four"}[len(scene.shapes)]
+            if qa[0] not in (q for q, _ in out):
+                out.append(qa)
+        return out
 
     def _tiled(self, side: int) -> Sample:
         rng = self.rng
         scene = random_scene(rng, side, side, IMAGE_SIZE, rng.randint(1, min(3, side * side)),
                              distinct_shapes=rng.random() < 0.5)
-        question, answer = scene_question(rng, scene)
+        (question, answer), *more = self._scene_questions(scene)
         parts = tiles(scene.render(), IMAGE_SIZE)
-        return Sample(canvas_prompt(len(parts), side, question), parts, answer, f"tiles{side}")
+        return Sample(canvas_prompt(len(parts), side, question), parts, answer, f"tiles{side}", more)
 
     def _multi(self) -> Sample:
         """2-4 images, one object each, distinct shapes where asked about: the question names a shape or colour."""
         rng = self.rng
         n = rng.randint(2, 4)
         scene = random_scene(rng, 1, n, IMAGE_SIZE, n, distinct_shapes=n <= 3)
-        question, answer = scene_question(rng, scene)
-        if question.startswith("how many"):
-            question, answer = "how many images show a shape?", {1: "one", 2: "two", 3: "three", 4: "four"}[n]
-        return Sample(multi_image_prompt(n, question), tiles(scene.render(), IMAGE_SIZE), answer, "multi")
+        (question, answer), *more = self._scene_questions(scene, multi=True)
+        return Sample(multi_image_prompt(n, question), tiles(scene.render(), IMAGE_SIZE), answer, "multi", more)
 
     def batch(self, size: int) -> list[Sample]:
         kind = self.rng.choices(KINDS, weights=self.mix)[0]
         make = {"easyvqa": self._easyvqa, "scene1": lambda: self._tiled(1), "tiles2": lambda: self._tiled(2),
                 "tiles3": lambda: self._tiled(3), "tiles4": lambda: self._tiled(4), "multi": self._multi}[kind]
         return [make() for _ in range(max(1, round(size * KIND_BATCH[kind])))]
+
+
+def binding_question(rng: random.Random, scene) -> tuple[str, str] | None:
+    """"is there a <colour of one object> <shape of another>?" where no object has both (None if none exists)."""
+    present = {(s.color, s.shape) for s in scene.shapes}
+    pairs = [(a.color, b.shape) for a in scene.shapes for b in scene.shapes
+             if a is not b and (a.color, b.shape) not in present]
+    if not pairs:
+        return None
+    color, shape = rng.choice(pairs)
+    return f"is there a {color} {shape} in the image?", "no"
 
 
 def fast_bf16() -> bool:
@@ -129,15 +168,25 @@ def chat_prompt(tokenizer, user: str) -> str:
 
 
 def encode_batch(processor, samples: list[Sample]) -> dict:
-    """Right-padded inputs with labels on the answer tokens (+ end of turn) only."""
+    """Right-padded inputs with labels on the answer tokens (+ end of turn) only; follow-up questions are later chat
+    turns (the chat template's own text), each answer labelled."""
     tok = processor.tokenizer
     rows, labels, pixels = [], [], []
     for s in samples:
         enc = processor(text=chat_prompt(tok, s.prompt), images=s.images, return_tensors="pt")
         ids = enc["input_ids"][0].tolist()
-        target = tok(s.answer + "<|im_end|>", add_special_tokens=False)["input_ids"]
-        rows.append(ids + target)
-        labels.append([-100] * len(ids) + target)
+        row, label = list(ids), [-100] * len(ids)
+        for question, answer in [(None, s.answer), *s.follow_ups]:
+            if question is not None:
+                turn = tok(f"\n<|im_start|>user\n{question} {VQA_SUFFIX}<|im_end|>\n<|im_start|>assistant\n",
+                           add_special_tokens=False)["input_ids"]
+                row += turn
+                label += [-100] * len(turn)
+            target = tok(answer + "<|im_end|>", add_special_tokens=False)["input_ids"]
+            row += target
+            label += target
+        rows.append(row)
+        labels.append(label)
         pixels.append(enc["pixel_values"])
     width = max(len(r) for r in rows)
     pad = tok.pad_token_id
@@ -190,7 +239,7 @@ def train(model, processor, cfg: TrainConfig, log=print) -> dict:
                              {"params": tower, "lr": cfg.tower_lr, "base": cfg.tower_lr}],
                             weight_decay=cfg.weight_decay)
     model.train()
-    stream = SampleStream(cfg.seed, cfg.mix)
+    stream = SampleStream(cfg.seed, cfg.mix, cfg.questions, cfg.binding)
     history = []
     start = time.perf_counter()
     for step in range(cfg.steps):

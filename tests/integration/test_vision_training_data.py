@@ -1,0 +1,71 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Stage 2's batches: follow-up questions are real chat turns with every answer labelled, and binding questions are
+true "no"s whose colour and shape both occur in the scene."""
+
+import random
+
+import pytest
+
+from zipvl.data.scenes import random_scene
+from zipvl.models.vision_training import VQA_SUFFIX, SampleStream, binding_question, encode_batch
+
+
+def test_binding_question_names_present_colour_and_shape_never_together():
+    rng = random.Random(0)
+    asked = 0
+    for _ in range(200):
+        scene = random_scene(rng, 4, 4, 112, rng.randint(1, 3))
+        qa = binding_question(rng, scene)
+        pairs = {(s.color, s.shape) for s in scene.shapes}
+        if qa is None:  # only when no colour-of-one / shape-of-another pair is absent
+            assert all((a.color, b.shape) in pairs for a in scene.shapes for b in scene.shapes)
+            continue
+        question, answer = qa
+        color, shape = question.removeprefix("is there a ").removesuffix(" in the image?").split()
+        assert answer == "no" and (color, shape) not in pairs
+        assert color in {s.color for s in scene.shapes} and shape in {s.shape for s in scene.shapes}
+        asked += 1
+    assert asked > 50
+
+
+def test_follow_ups_are_distinct_questions_about_the_same_image():
+    stream = SampleStream(seed=3, mix=(0.5, 0, 0.25, 0, 0, 0.25), questions=3, binding=0.3)
+    for _ in range(12):
+        for sample in stream.batch(8):
+            first = sample.prompt.splitlines()[-1]
+            questions = [first] + [q for q, _ in sample.follow_ups]
+            assert len(sample.follow_ups) <= 2 and len({q.split("?")[0] for q in questions}) == len(questions)
+    from easy_vqa import get_train_questions
+
+    qs, answers, image_ids = get_train_questions()
+    by_image: dict = {}
+    for q, a, i in zip(qs, answers, image_ids):
+        by_image.setdefault(i, {})[q] = a
+    stream = SampleStream(seed=4, mix=(1, 0, 0, 0, 0, 0), questions=3)
+    for sample in stream.batch(8):
+        turns = [(sample.prompt.split("\n")[1].removesuffix(" " + VQA_SUFFIX), sample.answer), *sample.follow_ups]
+        assert len(turns) == 3
+        # one image owns all three questions with these answers: follow-ups are that image's own questions
+        assert any(all(own.get(q) == a for q, a in turns) for own in by_image.values()), turns
+
+
+@pytest.fixture(scope="module")
+def processor():
+    from zipvl.models.default import build_default_model
+
+    return build_default_model(trained=False)[1]
+
+
+def test_encode_batch_labels_every_answer_and_only_answers(processor):
+    stream = SampleStream(seed=0, mix=(0, 0, 1, 0, 0, 0), questions=3, binding=0.5)
+    sample = stream.batch(2)[0]
+    assert len(sample.follow_ups) == 2
+    enc = encode_batch(processor, [sample])
+    tok = processor.tokenizer
+    labels = enc["labels"][0]
+    labelled = tok.decode(labels[labels >= 0])
+    assert labelled == "".join(f"{a}<|im_end|>" for a in [sample.answer] + [a for _, a in sample.follow_ups])
+    text = tok.decode(enc["input_ids"][0])
+    for question, answer in sample.follow_ups:  # the chat template's own turn markers around each follow-up
+        assert f"<|im_end|>\n<|im_start|>user\n{question} " in text
+        assert f"<|im_start|>assistant\n{answer}<|im_end|>" in text
