@@ -25,7 +25,9 @@ def test_recommended_preset_runs_through_the_pipeline():
     torch.manual_seed(0)
     model, processor = tiny_model("llava").eval(), make_processor()
     inputs = _inputs(processor)
-    config = ZipVLConfig.preset(ZipVLConfig.RECOMMENDED)
+    # a random tiny model's attention is near uniform: at the preset's own tau (0.99, 9-wide pool) every one of its
+    # 76 tokens may be needed, so a lower tau makes the eviction visible; everything else is the preset's
+    config = ZipVLConfig.preset(ZipVLConfig.RECOMMENDED, tau=0.9)
     assert config.probe_set == "question" and not config.sparse_prefill
     dense = generate(model, processor, inputs, 6)
     evicted = generate(model, processor, inputs, 6, config=config)
