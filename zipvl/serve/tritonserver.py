@@ -12,6 +12,7 @@ site-packages; it ignores PYTHONPATH).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -109,4 +110,8 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        # the server leads its own session: a Python-backend stub it left behind (found orphaned after a test run)
+        # is in its process group and goes with it
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         self._log.close()
