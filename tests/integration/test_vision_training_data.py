@@ -6,8 +6,23 @@ import random
 
 import pytest
 
-from zipvl.data.scenes import random_scene
-from zipvl.models.vision_training import VQA_SUFFIX, SampleStream, binding_question, encode_batch
+from zipvl.data.scenes import random_scene, scene_question
+from zipvl.models.vision import IMAGE_SIZE
+from zipvl.models.vision_training import KINDS, VQA_SUFFIX, SampleStream, binding_question, encode_batch
+
+
+def test_default_stream_draws_what_it_drew_before_the_options():
+    """questions=1, binding=0 (every shipped stage): a scene sample costs the seeded rng one random_scene and one
+    scene_question, nothing more, so the weights cards' reproduce commands still replay their data."""
+    mix = (0, 0, 1, 0, 0, 0)  # 2 x 2 canvases, 4 per batch
+    stream, rng = SampleStream(seed=11, mix=mix), random.Random(11)
+    for _ in range(5):
+        rng.choices(KINDS, weights=mix)
+        for sample in stream.batch(8):
+            scene = random_scene(rng, 2, 2, IMAGE_SIZE, rng.randint(1, 3), distinct_shapes=rng.random() < 0.5)
+            question, answer = scene_question(rng, scene)
+            assert sample.prompt.endswith(f"{question} {VQA_SUFFIX}") and sample.answer == answer
+            assert not sample.follow_ups
 
 
 def test_binding_question_names_present_colour_and_shape_never_together():

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.scenes import random_scene, scene_question, tiles
+from ..data.scenes import NUMBERS, random_scene, scene_question, tiles
 from .tower_pretraining import LabelledTiles, PretrainConfig, pretrain_tower
 from .vision import IMAGE_SIZE, TRAINABLE_PREFIXES
 
@@ -110,10 +110,11 @@ class SampleStream:
         for _ in range(8 * self.n_questions):
             if len(out) == self.n_questions:
                 break
-            qa = binding_question(rng, scene) if rng.random() < self.binding else None
+            # no draw when binding is off: the stream stays the one earlier stages' reproduce commands rely on
+            qa = binding_question(rng, scene) if self.binding and rng.random() < self.binding else None
             qa = qa or scene_question(rng, scene)
             if multi and qa[0].startswith("how many"):
-                qa = "how many images show a shape?", {1: "one", 2: "two", 3: "three", 4: "four"}[len(scene.shapes)]
+                qa = "how many images show a shape?", NUMBERS[len(scene.shapes)]
             if qa[0] not in (q for q, _ in out):
                 out.append(qa)
         return out
@@ -168,23 +169,22 @@ def chat_prompt(tokenizer, user: str) -> str:
 
 
 def encode_batch(processor, samples: list[Sample]) -> dict:
-    """Right-padded inputs with labels on the answer tokens (+ end of turn) only; follow-up questions are later chat
-    turns (the chat template's own text), each answer labelled."""
+    """Right-padded inputs with labels on the answer tokens (+ end of turn) only; follow-up questions are later turns
+    in SmolLM2's ChatML markers (as its chat template writes them), each answer labelled."""
     tok = processor.tokenizer
     rows, labels, pixels = [], [], []
     for s in samples:
         enc = processor(text=chat_prompt(tok, s.prompt), images=s.images, return_tensors="pt")
         ids = enc["input_ids"][0].tolist()
+        pieces = [(s.answer + "<|im_end|>", True)]  # (text, labelled)
+        for question, answer in s.follow_ups:
+            pieces += [(f"\n<|im_start|>user\n{question} {VQA_SUFFIX}<|im_end|>\n<|im_start|>assistant\n", False),
+                       (answer + "<|im_end|>", True)]
         row, label = list(ids), [-100] * len(ids)
-        for question, answer in [(None, s.answer), *s.follow_ups]:
-            if question is not None:
-                turn = tok(f"\n<|im_start|>user\n{question} {VQA_SUFFIX}<|im_end|>\n<|im_start|>assistant\n",
-                           add_special_tokens=False)["input_ids"]
-                row += turn
-                label += [-100] * len(turn)
-            target = tok(answer + "<|im_end|>", add_special_tokens=False)["input_ids"]
-            row += target
-            label += target
+        for text, labelled in pieces:
+            piece = tok(text, add_special_tokens=False)["input_ids"]
+            row += piece
+            label += piece if labelled else [-100] * len(piece)
         rows.append(row)
         labels.append(label)
         pixels.append(enc["pixel_values"])
