@@ -103,15 +103,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--questions", type=int, default=TrainConfig.questions,
                    help="questions per image; the later ones are follow-up chat turns on the same visual tokens")
     p.add_argument("--binding", type=float, default=TrainConfig.binding,
-                   help="share of scene questions that pair one object's colour with another's shape (answer no)")
+                   help="share of scene questions that pair one object's colour with another's shape (answer no), "
+                        "each beside the same question about one of the two objects (yes); needs --questions >= 2")
     p.add_argument("--heldout", type=float, default=1.0, help="scale of the held-out check (0: skip)")
     p.add_argument("--out", type=Path, default=WEIGHTS_DIR)
     args = p.parse_args(argv)
     bf16 = fast_bf16() if args.bf16 == "auto" else args.bf16 == "on"
-    cfg = TrainConfig(bf16=bf16, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads,
-                      tower_steps=0 if args.init else args.tower_steps, tower_lr=args.tower_lr,
-                      mix=tuple(args.mix), init=str(args.init) if args.init else None, questions=args.questions,
-                      binding=args.binding)
+    try:
+        cfg = TrainConfig(bf16=bf16, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads,
+                          tower_steps=0 if args.init else args.tower_steps, tower_lr=args.tower_lr,
+                          mix=tuple(args.mix), init=str(args.init) if args.init else None, questions=args.questions,
+                          binding=args.binding)
+    except ValueError as e:
+        p.error(str(e))
     t0 = time.perf_counter()
     select = args.feature_select or (feature_select(args.init) if args.init else "default")
     model, processor = build_default_model(trained=False, select=select)

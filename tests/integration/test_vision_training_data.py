@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
 """Stage 2's batches: follow-up questions are real chat turns with every answer labelled, and binding questions are
-true "no"s whose colour and shape both occur in the scene."""
+true "no"s whose colour and shape both occur in the scene, each asked beside a true "yes" about one of its objects."""
 
 import random
 
@@ -8,7 +8,7 @@ import pytest
 
 from zipvl.data.scenes import random_scene, scene_question
 from zipvl.models.vision import IMAGE_SIZE
-from zipvl.models.vision_training import KINDS, VQA_SUFFIX, SampleStream, binding_question, encode_batch
+from zipvl.models.vision_training import KINDS, VQA_SUFFIX, SampleStream, TrainConfig, binding_questions, encode_batch
 
 
 def test_default_stream_draws_what_it_drew_before_the_options():
@@ -25,22 +25,45 @@ def test_default_stream_draws_what_it_drew_before_the_options():
             assert not sample.follow_ups
 
 
-def test_binding_question_names_present_colour_and_shape_never_together():
+def parse_presence(question: str) -> tuple[str, str]:
+    return tuple(question.removeprefix("is there a ").removesuffix(" in the image?").split())
+
+
+def test_binding_questions_pair_a_false_cross_with_a_true_object():
     rng = random.Random(0)
-    asked = 0
+    asked, negative_first = 0, 0
     for _ in range(200):
         scene = random_scene(rng, 4, 4, 112, rng.randint(1, 3))
-        qa = binding_question(rng, scene)
+        qas = binding_questions(rng, scene)
         pairs = {(s.color, s.shape) for s in scene.shapes}
-        if qa is None:  # only when no colour-of-one / shape-of-another pair is absent
+        if qas is None:  # only when no colour-of-one / shape-of-another pair is absent
             assert all((a.color, b.shape) in pairs for a in scene.shapes for b in scene.shapes)
             continue
-        question, answer = qa
-        color, shape = question.removeprefix("is there a ").removesuffix(" in the image?").split()
-        assert answer == "no" and (color, shape) not in pairs
-        assert color in {s.color for s in scene.shapes} and shape in {s.shape for s in scene.shapes}
+        answers = dict(qas)
+        assert sorted(answers.values()) == ["no", "yes"]
+        no = parse_presence(next(q for q, a in qas if a == "no"))
+        yes = parse_presence(next(q for q, a in qas if a == "yes"))
+        assert no not in pairs and yes in pairs
+        assert no[0] in {s.color for s in scene.shapes} and no[1] in {s.shape for s in scene.shapes}
+        assert yes[0] == no[0] or yes[1] == no[1]  # the positive is one of the two objects the negative crosses
+        negative_first += qas[0][1] == "no"
         asked += 1
     assert asked > 50
+    assert 0.25 < negative_first / asked < 0.75  # the order is random: position says nothing about the answer
+
+
+def test_binding_needs_a_second_question():
+    with pytest.raises(ValueError, match="questions >= 2"):
+        TrainConfig(binding=0.25, questions=1)
+
+
+def test_scene_presence_questions_stay_balanced_with_binding():
+    """Every binding negative comes with its positive, so "is there" questions on scenes are not mostly "no"."""
+    stream = SampleStream(seed=5, mix=(0, 0.5, 0.5, 0, 0, 0), questions=3, binding=0.5)
+    answers = [a for _ in range(40) for s in stream.batch(8) for q, a in [(s.prompt, s.answer), *s.follow_ups]
+               if "is there a" in q]
+    assert len(answers) > 100
+    assert 0.4 < answers.count("no") / len(answers) < 0.6
 
 
 def test_follow_ups_are_distinct_questions_about_the_same_image():

@@ -49,8 +49,14 @@ class TrainConfig:
     # questions per image (later ones as follow-up chat turns): one encode of the visual tokens, several answers'
     # gradients — a 4 x 4 canvas is ~1,100 tokens and a follow-up ~25
     questions: int = 1
-    # share of scene questions that test binding: "is there a <colour of one object> <shape of another>?" -> no
+    # share of scene questions that test binding: "is there a <colour of one object> <shape of another>?" -> no,
+    # each asked beside its positive about one of those two objects (-> yes), so "no" is not the prior
     binding: float = 0.0
+
+    def __post_init__(self):
+        if self.binding and self.questions < 2:
+            raise ValueError(f"binding={self.binding} needs questions >= 2: each binding negative is asked beside its "
+                             f"positive on the same image (got questions={self.questions})")
 
 
 @dataclass
@@ -104,19 +110,25 @@ class SampleStream:
                       [(self.questions[j], self.answers[j]) for j in more])
 
     def _scene_questions(self, scene, multi: bool = False) -> list[tuple[str, str]]:
-        """``n_questions`` distinct questions about one scene; a ``binding`` share of them pair one object's colour
-        with another's shape (answer "no"), so "red somewhere and a circle somewhere" is not enough for "yes"."""
+        """``n_questions`` distinct questions about one scene. A ``binding`` share are pairs from
+        :func:`binding_questions`: one object's colour with another's shape (answer no) beside the same question about
+        one of those two objects (yes), in random order — without the positive (stage 9) every canvas "is there"
+        question drifted to "no"."""
         rng, out = self.rng, []
         for _ in range(8 * self.n_questions):
-            if len(out) == self.n_questions:
+            if len(out) >= self.n_questions:
                 break
             # no draw when binding is off: the stream stays the one earlier stages' reproduce commands rely on
-            qa = binding_question(rng, scene) if self.binding and rng.random() < self.binding else None
-            qa = qa or scene_question(rng, scene)
-            if multi and qa[0].startswith("how many"):
-                qa = "how many images show a shape?", NUMBERS[len(scene.shapes)]
-            if qa[0] not in (q for q, _ in out):
-                out.append(qa)
+            pair = None
+            if self.binding and self.n_questions - len(out) >= 2 and rng.random() < self.binding:
+                pair = binding_questions(rng, scene)
+            new = pair or [scene_question(rng, scene)]
+            if multi:
+                new = [("how many images show a shape?", NUMBERS[len(scene.shapes)]) if q.startswith("how many")
+                       else (q, a) for q, a in new]
+            asked = {q for q, _ in out}
+            if all(q not in asked for q, _ in new):
+                out += new
         return out
 
     def _tiled(self, side: int) -> Sample:
@@ -142,15 +154,19 @@ class SampleStream:
         return [make() for _ in range(max(1, round(size * KIND_BATCH[kind])))]
 
 
-def binding_question(rng: random.Random, scene) -> tuple[str, str] | None:
-    """"is there a <colour of one object> <shape of another>?" where no object has both (None if none exists)."""
+def binding_questions(rng: random.Random, scene) -> list[tuple[str, str]] | None:
+    """"is there a <colour of one object> <shape of another>?" (no: no object has both) and the same question about
+    one of those two objects (yes), in random order; None if the scene has no such pair."""
     present = {(s.color, s.shape) for s in scene.shapes}
-    pairs = [(a.color, b.shape) for a in scene.shapes for b in scene.shapes
-             if a is not b and (a.color, b.shape) not in present]
+    pairs = [(a, b) for a in scene.shapes for b in scene.shapes if a is not b and (a.color, b.shape) not in present]
     if not pairs:
         return None
-    color, shape = rng.choice(pairs)
-    return f"is there a {color} {shape} in the image?", "no"
+    a, b = rng.choice(pairs)
+    real = rng.choice((a, b))
+    out = [(f"is there a {a.color} {b.shape} in the image?", "no"),
+           (f"is there a {real.color} {real.shape} in the image?", "yes")]
+    rng.shuffle(out)
+    return out
 
 
 def fast_bf16() -> bool:
