@@ -107,3 +107,21 @@ def test_encode_batch_labels_every_answer_and_only_answers(processor):
     for question, answer in sample.follow_ups:  # the chat template's own turn markers around each follow-up
         assert f"<|im_end|>\n<|im_start|>user\n{question} " in text
         assert f"<|im_start|>assistant\n{answer}<|im_end|>" in text
+
+
+def test_train_script_refuses_binding_without_follow_ups(capsys):
+    """The CLI's one clear error, before any model is built."""
+    import runpy
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[2] / "scripts" / "train_vision.py"
+    argv = sys.argv
+    sys.argv = [str(script), "--binding", "0.25"]
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            runpy.run_path(str(script), run_name="__main__")
+    finally:
+        sys.argv = argv
+    assert exit_.value.code == 2
+    assert "needs questions >= 2" in capsys.readouterr().err
