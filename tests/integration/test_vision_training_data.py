@@ -112,16 +112,10 @@ def test_encode_batch_labels_every_answer_and_only_answers(processor):
 def test_train_script_refuses_binding_without_follow_ups(capsys):
     """The CLI's one clear error, before any model is built."""
     import runpy
-    import sys
     from pathlib import Path
 
-    script = Path(__file__).parents[2] / "scripts" / "train_vision.py"
-    argv = sys.argv
-    sys.argv = [str(script), "--binding", "0.25"]
-    try:
-        with pytest.raises(SystemExit) as exit_:
-            runpy.run_path(str(script), run_name="__main__")
-    finally:
-        sys.argv = argv
+    main = runpy.run_path(str(Path(__file__).parents[2] / "scripts" / "train_vision.py"))["main"]
+    with pytest.raises(SystemExit) as exit_:
+        main(["--binding", "0.25"])
     assert exit_.value.code == 2
     assert "needs questions >= 2" in capsys.readouterr().err

@@ -81,6 +81,11 @@ def random_scene(rng: random.Random, rows: int, cols: int, tile: int, n_shapes: 
                  background=background, texture=rng.random() < 0.3, seed=rng.randrange(2**31))
 
 
+def presence_question(color: str, shape: str) -> str:
+    """easy-vqa's phrasing of "is this colour-and-shape object there?" (the eval's and the training's one wording)."""
+    return f"is there a {color} {shape} in the image?"
+
+
 def scene_question(rng: random.Random, scene: Scene) -> tuple[str, str]:
     """One (question, one-word answer) about ``scene``, in easy-vqa's phrasing where easy-vqa has one."""
     shapes = scene.shapes
@@ -97,9 +102,9 @@ def scene_question(rng: random.Random, scene: Scene) -> tuple[str, str]:
         return "how many shapes are in the image?", NUMBERS[len(shapes)]
     if rng.random() < 0.5:  # presence, half of them true
         s = rng.choice(shapes)
-        return f"is there a {s.color} {s.shape} in the image?", "yes"
+        return presence_question(s.color, s.shape), "yes"
     present = {(s.color, s.shape) for s in shapes}
     while True:
         color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
         if (color, shape) not in present:
-            return f"is there a {color} {shape} in the image?", "no"
+            return presence_question(color, shape), "no"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.scenes import NUMBERS, random_scene, scene_question, tiles
+from ..data.scenes import NUMBERS, presence_question, random_scene, scene_question, tiles
 from .tower_pretraining import LabelledTiles, PretrainConfig, pretrain_tower
 from .vision import IMAGE_SIZE, TRAINABLE_PREFIXES
 
@@ -163,8 +163,7 @@ def binding_questions(rng: random.Random, scene) -> list[tuple[str, str]] | None
         return None
     a, b = rng.choice(pairs)
     real = rng.choice((a, b))
-    out = [(f"is there a {a.color} {b.shape} in the image?", "no"),
-           (f"is there a {real.color} {real.shape} in the image?", "yes")]
+    out = [(presence_question(a.color, b.shape), "no"), (presence_question(real.color, real.shape), "yes")]
     rng.shuffle(out)
     return out
 
