@@ -1,0 +1,170 @@
+#!/usr/bin/env python
+# SPDX-License-Identifier: Apache-2.0
+"""How well can the frozen SmolLM2 answer zipvl-eval's vision questions from a *perfect* reading of the image?
+
+The vision path trains only the tower + projector, i.e. the vectors the frozen LM reads in place of the image. Here
+those vectors are a trained soft prompt followed by an exact text description of the image ("The image shows a red
+circle." / a 4 x 4 grid of "empty" and "blue triangle" cells), so perception is perfect and only the LM's reading
+is left. Its accuracy, on the same seeded items and with the same greedy 4-token answers and scorer as the held-out
+check, bounds what any tower + projector can reach with this LM frozen.
+
+    python scripts/frozen_lm_ceiling.py --task scenes_long --describe grid --steps 200
+    python scripts/frozen_lm_ceiling.py --task easyvqa --steps 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from collections import defaultdict
+
+import torch
+
+from zipvl.data.scenes import random_scene, scene_question
+from zipvl.eval import TaskOptions
+from zipvl.eval.metrics import vqa_score
+from zipvl.eval.tasks import VQA_SUFFIX, make_items
+from zipvl.models.default import IMAGE_TOKEN, build_default_model
+from zipvl.models.tower_pretraining import easyvqa_labels
+from zipvl.models.vision_training import chat_prompt
+
+QUESTION_TYPES = ("how many", "what color", "what shape", "what is the", "is there a", "is there not", "is there no",
+                  "does", "is the", "is no", "are there")
+
+
+def describe(objects: list[dict], style: str, side: int = 4) -> str:
+    """The image in words: ``list`` names the objects; ``grid`` writes every tile, row by row, as the LM reads the
+    tiles ("empty" or "<colour> <shape>")."""
+    if style == "list":
+        return "The image shows " + ", ".join(f"a {o['color']} {o['shape']}" for o in objects) + "."
+    cells = {tuple(o["tile"]): f"{o['color']} {o['shape']}" for o in objects}
+    return "\n".join(", ".join(cells.get((r, c), "empty") for c in range(side)) for r in range(side))
+
+
+def question_type(question: str, answer: str) -> str:
+    kind = next((k for k in QUESTION_TYPES if question.lower().startswith(k)), "other")
+    return f"{kind} ({answer})" if kind == "is there a" else kind
+
+
+class SoftPrompt(torch.nn.Module):
+    """``n`` trained vectors written over the ``<image>`` placeholders of a prompt: the only trainable part."""
+
+    def __init__(self, embeddings: torch.nn.Embedding, token_id: int, n: int):
+        super().__init__()
+        rms = embeddings.weight.pow(2).mean().sqrt()
+        self.vectors = torch.nn.Parameter(torch.randn(n, embeddings.weight.shape[1]) * rms)
+        self.embeddings, self.token_id, self.n = embeddings, token_id, n
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.embeddings(ids)
+        slots = ids == self.token_id
+        return x.masked_scatter(slots[..., None], self.vectors.to(x.dtype).repeat(ids.shape[0], 1))
+
+
+def training_rows(task: str, style: str, rng: random.Random):
+    """Endless (description, question, answer) from the training distribution: easy-vqa *train* questions on
+    labelled images, or fresh canvases drawn like zipvl-eval's (never its seeded items)."""
+    if task == "easyvqa":
+        from easy_vqa import get_train_questions
+
+        questions, answers, images = get_train_questions()
+        labels = easyvqa_labels(questions, answers, images)
+        rows = [(q, a, labels[i]) for q, a, i in zip(questions, answers, images) if i in labels]
+        while True:
+            q, a, (shape, color) = rng.choice(rows)
+            yield describe([{"shape": shape, "color": color}], "list"), q, a
+    while True:
+        scene = random_scene(rng, 4, 4, 112, rng.randint(1, 3), distinct_shapes=rng.random() < 0.5)
+        q, a = scene_question(rng, scene)
+        yield describe([s.__dict__ for s in scene.shapes], style), q, a
+
+
+def heldout_rows(task: str, style: str, tokenizer, limit: int):
+    """zipvl-eval's seeded items (seed 0), the image replaced by its description; easy-vqa items whose image has no
+    shape/colour label in its own questions are left out."""
+    items = make_items(task, tokenizer, TaskOptions(limit=limit, seed=0))
+    if task == "easyvqa":
+        from easy_vqa import get_test_questions
+
+        questions, answers, images = get_test_questions()
+        labels = easyvqa_labels(questions, answers, images)
+    for item in items:
+        question = item.prompt.split("\n")[-1].removesuffix(" " + VQA_SUFFIX)
+        if task == "easyvqa":
+            label = labels.get(images[item.meta["question_index"]])
+            if label is None:
+                continue
+            text = describe([{"shape": label[0], "color": label[1]}], "list")
+        else:
+            text = describe(item.meta["objects"], style)
+        yield text, question, item.answers
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--task", choices=("scenes_long", "easyvqa"), default="scenes_long")
+    p.add_argument("--describe", choices=("list", "grid"), default="grid", help="canvas description (scenes_long)")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=3e-2)
+    p.add_argument("--soft", type=int, default=16, help="soft-prompt vectors")
+    p.add_argument("--limit", type=int, default=100, help="held-out items (zipvl-eval's seeded sample)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    model, processor = build_default_model(trained=False)
+    tok = processor.tokenizer
+    model.requires_grad_(False)
+    soft = SoftPrompt(model.get_input_embeddings(), tok.convert_tokens_to_ids(IMAGE_TOKEN), args.soft)
+
+    def prompt(text: str, question: str) -> str:
+        return chat_prompt(tok, f"{IMAGE_TOKEN * args.soft}\n{text}\n{question} {VQA_SUFFIX}")
+
+    opt = torch.optim.AdamW([soft.vectors], lr=args.lr, weight_decay=0.0)
+    rows = training_rows(args.task, args.describe, random.Random(f"ceiling-{args.seed}"))
+    losses, start = [], time.perf_counter()
+    for step in range(args.steps):
+        batch = [next(rows) for _ in range(args.batch)]
+        prompts = [tok(prompt(t, q), add_special_tokens=False)["input_ids"] for t, q, _ in batch]
+        targets = [tok(a + "<|im_end|>", add_special_tokens=False)["input_ids"] for _, _, a in batch]
+        width = max(len(x) + len(y) for x, y in zip(prompts, targets))
+        ids = torch.tensor([x + y + [tok.pad_token_id] * (width - len(x) - len(y)) for x, y in zip(prompts, targets)])
+        labels = torch.tensor([[-100] * len(x) + y + [-100] * (width - len(x) - len(y))
+                               for x, y in zip(prompts, targets)])
+        mask = torch.tensor([[1] * (len(x) + len(y)) + [0] * (width - len(x) - len(y)) for x, y in zip(prompts, targets)])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            hidden = model.model.language_model(inputs_embeds=soft(ids), attention_mask=mask).last_hidden_state
+            logits = model.lm_head(hidden).float()
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(round(loss.item(), 4))
+        if step % 25 == 0 or step == args.steps - 1:
+            print(f"step {step:4d}  loss {loss.item():.3f}  {time.perf_counter() - start:.0f} s", flush=True)
+
+    by_type: dict[str, list[float]] = defaultdict(list)
+    with torch.no_grad():
+        for text, question, answers in heldout_rows(args.task, args.describe, tok, args.limit):
+            ids = torch.tensor([tok(prompt(text, question), add_special_tokens=False)["input_ids"]])
+            out = model.generate(inputs_embeds=soft(ids), attention_mask=torch.ones_like(ids), max_new_tokens=4,
+                                 do_sample=False)
+            by_type[question_type(question, answers[0])].append(vqa_score(tok.decode(out[0], skip_special_tokens=True),
+                                                                          answers))
+    scores = [s for v in by_type.values() for s in v]
+    result = {"command": "python scripts/frozen_lm_ceiling.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "task": args.task, "describe": args.describe if args.task == "scenes_long" else "list",
+              "items": len(scores), "accuracy": round(sum(scores) / len(scores), 4),
+              "by_type": {k: {"items": len(v), "accuracy": round(sum(v) / len(v), 3)} for k, v in sorted(by_type.items())},
+              "seconds": round(time.perf_counter() - start, 1), "loss": losses}
+    print(json.dumps({k: v for k, v in result.items() if k != "loss"}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

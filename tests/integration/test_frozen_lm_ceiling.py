@@ -1,0 +1,59 @@
+# SPDX-License-Identifier: Apache-2.0
+"""scripts/frozen_lm_ceiling.py: the text that stands in for the image, and the soft prompt that stands in for the
+projector."""
+
+import random
+import runpy
+from pathlib import Path
+
+import pytest
+import torch
+
+from zipvl.data.scenes import random_scene
+
+CEILING = runpy.run_path(str(Path(__file__).parents[2] / "scripts" / "frozen_lm_ceiling.py"))
+
+
+def test_grid_description_writes_each_object_in_its_tile_and_nothing_else():
+    scene = random_scene(random.Random(3), 4, 4, 112, 3)
+    rows = CEILING["describe"]([s.__dict__ for s in scene.shapes], "grid").split("\n")
+    cells = [row.split(", ") for row in rows]
+    assert [len(r) for r in cells] == [4, 4, 4, 4]
+    for s in scene.shapes:
+        assert cells[s.tile[0]][s.tile[1]] == f"{s.color} {s.shape}"
+    assert sum(c == "empty" for r in cells for c in r) == 16 - len(scene.shapes)
+
+
+def test_list_description_names_every_object_once():
+    objects = [{"shape": "circle", "color": "red"}, {"shape": "triangle", "color": "teal"}]
+    assert CEILING["describe"](objects, "list") == "The image shows a red circle, a teal triangle."
+
+
+def test_question_type_splits_presence_by_answer():
+    kind = CEILING["question_type"]
+    assert kind("is there a red circle in the image?", "no") == "is there a (no)"
+    assert kind("is there not a circle?", "yes") == "is there not"
+    assert kind("what color is the circle?", "red") == "what color"
+
+
+def test_soft_prompt_replaces_only_the_placeholders_and_is_all_that_learns():
+    emb = torch.nn.Embedding(10, 6)
+    emb.requires_grad_(False)
+    soft = CEILING["SoftPrompt"](emb, token_id=7, n=2)
+    ids = torch.tensor([[1, 7, 7, 3], [7, 7, 2, 2]])
+    x = soft(ids)
+    assert torch.equal(x[0, 1:3], soft.vectors) and torch.equal(x[1, :2], soft.vectors)
+    assert torch.equal(x[0, [0, 3]], emb.weight[[1, 3]]) and torch.equal(x[1, 2:], emb.weight[[2, 2]])
+    x.sum().backward()
+    assert soft.vectors.grad is not None and emb.weight.grad is None
+
+
+@pytest.mark.slow
+def test_ceiling_script_runs_end_to_end_on_the_real_lm(capsys):
+    """Two training steps and two held-out canvases: the loop, the generation and the report."""
+    import json
+
+    assert CEILING["main"](["--steps", "2", "--batch", "2", "--limit", "2", "--soft", "2"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["items"] == 2 and 0.0 <= report["accuracy"] <= 1.0
+    assert sum(v["items"] for v in report["by_type"].values()) == 2
