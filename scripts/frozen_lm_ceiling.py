@@ -20,6 +20,7 @@ import random
 import sys
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 
@@ -114,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=100, help="held-out items (zipvl-eval's seeded sample)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None, help="also write the result, with the loss per step, as JSON")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -163,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
               "by_type": {k: {"items": len(v), "accuracy": round(sum(v) / len(v), 3)} for k, v in sorted(by_type.items())},
               "seconds": round(time.perf_counter() - start, 1), "loss": losses}
     print(json.dumps({k: v for k, v in result.items() if k != "loss"}), flush=True)
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
     return 0
 
 

@@ -49,11 +49,14 @@ def test_soft_prompt_replaces_only_the_placeholders_and_is_all_that_learns():
 
 
 @pytest.mark.slow
-def test_ceiling_script_runs_end_to_end_on_the_real_lm(capsys):
+def test_ceiling_script_runs_end_to_end_on_the_real_lm(capsys, tmp_path):
     """Two training steps and two held-out canvases: the loop, the generation and the report."""
     import json
 
-    assert CEILING["main"](["--steps", "2", "--batch", "2", "--limit", "2", "--soft", "2"]) == 0
+    out = tmp_path / "ceiling.json"
+    assert CEILING["main"](["--steps", "2", "--batch", "2", "--limit", "2", "--soft", "2", "--out", str(out)]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["items"] == 2 and 0.0 <= report["accuracy"] <= 1.0
     assert sum(v["items"] for v in report["by_type"].values()) == 2
+    written = json.loads(out.read_text())
+    assert len(written["loss"]) == 2 and written["accuracy"] == report["accuracy"]
