@@ -81,6 +81,12 @@ def random_scene(rng: random.Random, rows: int, cols: int, tile: int, n_shapes: 
                  background=background, texture=rng.random() < 0.3, seed=rng.randrange(2**31))
 
 
+def random_canvas(rng: random.Random, side: int, tile: int) -> Scene:
+    """A ``side`` x ``side`` canvas with 1-3 objects (at most one per tile), half the time of distinct shapes: the
+    canvases the vision path is trained on and zipvl-eval asks about."""
+    return random_scene(rng, side, side, tile, rng.randint(1, min(3, side * side)), distinct_shapes=rng.random() < 0.5)
+
+
 def presence_question(color: str, shape: str) -> str:
     """easy-vqa's phrasing of "is this colour-and-shape object there?" (the eval's and the training's one wording)."""
     return f"is there a {color} {shape} in the image?"

@@ -150,7 +150,7 @@ def _scene_files(name: str, scene, tile: int) -> list[str]:
 
 
 def _scene_items(task: str, side: int, opts: TaskOptions, multi: bool = False) -> list[Item]:
-    from ..data.scenes import random_scene, scene_question
+    from ..data.scenes import random_canvas, random_scene, scene_question
     from ..models.vision import IMAGE_SIZE
 
     rng = random.Random(f"{task}-{opts.seed}")
@@ -164,7 +164,7 @@ def _scene_items(task: str, side: int, opts: TaskOptions, multi: bool = False) -
                 question, answer = scene_question(rng, scene)
             prompt = "\n".join(f"Image {j + 1}: {IMAGE_MARK}" for j in range(n))
         else:
-            scene = random_scene(rng, side, side, IMAGE_SIZE, rng.randint(1, 3), distinct_shapes=rng.random() < 0.5)
+            scene = random_canvas(rng, side, IMAGE_SIZE)
             question, answer = scene_question(rng, scene)
             prompt = "\n".join(IMAGE_MARK * side for _ in range(side))
         files = _scene_files(f"{task}-s{opts.seed}-{i}-{scene.seed}", scene, IMAGE_SIZE)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.scenes import NUMBERS, presence_question, random_scene, scene_question, tiles
+from ..data.scenes import NUMBERS, presence_question, random_canvas, random_scene, scene_question, tiles
 from .tower_pretraining import LabelledTiles, PretrainConfig, pretrain_tower
 from .vision import IMAGE_SIZE, TRAINABLE_PREFIXES
 
@@ -133,8 +133,7 @@ class SampleStream:
 
     def _tiled(self, side: int) -> Sample:
         rng = self.rng
-        scene = random_scene(rng, side, side, IMAGE_SIZE, rng.randint(1, min(3, side * side)),
-                             distinct_shapes=rng.random() < 0.5)
+        scene = random_canvas(rng, side, IMAGE_SIZE)
         (question, answer), *more = self._scene_questions(scene)
         parts = tiles(scene.render(), IMAGE_SIZE)
         return Sample(canvas_prompt(len(parts), side, question), parts, answer, f"tiles{side}", more)
