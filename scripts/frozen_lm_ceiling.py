@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from zipvl.data.scenes import random_canvas, scene_question
+from zipvl.data.scenes import Shape, random_canvas, scene_question, tile_caption
 from zipvl.eval import TaskOptions
 from zipvl.eval.metrics import vqa_score
 from zipvl.eval.tasks import VQA_SUFFIX, make_items
@@ -43,8 +43,7 @@ def describe(objects: list[dict], style: str, side: int = 4) -> str:
     tiles ("empty" or "<colour> <shape>")."""
     if style == "list":
         return "The image shows " + ", ".join(f"a {o['color']} {o['shape']}" for o in objects) + "."
-    cells = {tuple(o["tile"]): f"{o['color']} {o['shape']}" for o in objects}
-    return "\n".join(", ".join(cells.get((r, c), "empty") for c in range(side)) for r in range(side))
+    return tile_caption([Shape(o["shape"], o["color"], tuple(o["tile"])) for o in objects], side, side)
 
 
 def question_type(question: str, answer: str) -> str:

@@ -107,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--binding", type=float, default=TrainConfig.binding,
                    help="share of scene questions that pair one object's colour with another's shape (answer no), "
                         "each beside the same question about one of the two objects (yes); needs --questions >= 2")
+    p.add_argument("--captions", action="store_true",
+                   help="end every sample with a turn naming what each image (tile) holds, row by row")
+    p.add_argument("--caption-weight", type=float, default=TrainConfig.caption_weight,
+                   help="weight of the caption turn's loss beside the answers' (each a mean over its tokens)")
     p.add_argument("--heldout", type=float, default=1.0, help="scale of the held-out check (0: skip)")
     p.add_argument("--out", type=Path, default=WEIGHTS_DIR)
     args = p.parse_args(argv)
@@ -115,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = TrainConfig(bf16=bf16, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads,
                           tower_steps=0 if args.init else args.tower_steps, tower_lr=args.tower_lr,
                           mix=tuple(args.mix), init=str(args.init) if args.init else None, questions=args.questions,
-                          binding=args.binding)
+                          binding=args.binding, captions=args.captions, caption_weight=args.caption_weight)
     except ValueError as e:
         p.error(str(e))
     t0 = time.perf_counter()

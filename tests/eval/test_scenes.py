@@ -6,7 +6,7 @@ import random
 import numpy as np
 import pytest
 
-from zipvl.data.scenes import COLORS, NUMBERS, SHAPES, random_scene, scene_question, tiles
+from zipvl.data.scenes import COLORS, NUMBERS, SHAPES, random_scene, scene_question, tile_caption, tiles
 from zipvl.eval.tasks import IMAGE_MARK, TaskOptions, make_items
 
 
@@ -29,6 +29,23 @@ def test_objects_lie_in_their_tiles_only(side):
             for j, part in enumerate(parts):
                 inside = (j // side, j % side) == s.tile
                 assert _has_color(part, COLORS[s.color]) == inside, (s, j)
+
+
+@pytest.mark.parametrize("rows,cols", [(1, 1), (1, 3), (2, 2), (4, 4)])
+def test_tile_caption_names_each_tile_in_the_order_the_tiles_are_cut(rows, cols):
+    """Cell k of the caption (row by row) is the k-th tile :func:`tiles` cuts: the one holding that object's colour."""
+    rng = random.Random(rows * 10 + cols)
+    for _ in range(4):
+        scene = random_scene(rng, rows, cols, 112, rng.randint(0, min(3, rows * cols)))
+        lines = tile_caption(scene.shapes, rows, cols).split("\n")
+        cells = [cell for line in lines for cell in line.split(", ")]
+        assert len(lines) == rows and len(cells) == rows * cols
+        for part, cell in zip(tiles(scene.render(), 112), cells):
+            if cell == "empty":
+                assert not any(_has_color(part, rgb) for rgb in COLORS.values())
+            else:
+                color, shape = cell.split()
+                assert _has_color(part, COLORS[color]) and shape in SHAPES
 
 
 def test_answers_follow_from_the_scene():

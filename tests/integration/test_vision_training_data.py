@@ -3,12 +3,15 @@
 true "no"s whose colour and shape both occur in the scene, each asked beside a true "yes" about one of its objects."""
 
 import random
+from dataclasses import replace
 
 import pytest
+import torch
 
-from zipvl.data.scenes import random_scene, scene_question
+from zipvl.data.scenes import COLORS, SHAPES, random_scene, scene_question
 from zipvl.models.vision import IMAGE_SIZE
-from zipvl.models.vision_training import KINDS, VQA_SUFFIX, SampleStream, TrainConfig, binding_questions, encode_batch
+from zipvl.models.vision_training import (CAPTION_REQUEST, IMAGE_MARK, KINDS, VQA_SUFFIX, SampleStream, TrainConfig,
+                                          binding_questions, encode_batch, next_token_loss)
 
 
 def test_default_stream_draws_what_it_drew_before_the_options():
@@ -107,6 +110,74 @@ def test_encode_batch_labels_every_answer_and_only_answers(processor):
     for question, answer in sample.follow_ups:  # the chat template's own turn markers around each follow-up
         assert f"<|im_end|>\n<|im_start|>user\n{question} " in text
         assert f"<|im_start|>assistant\n{answer}<|im_end|>" in text
+
+
+def test_captions_leave_the_questions_as_they_were_and_name_every_image():
+    """A caption turn draws nothing from the seeded rng (same questions as without it); easy-vqa captions are the
+    image's own labelled shape and colour, scene captions one cell per image in the prompt."""
+    from easy_vqa import get_train_questions
+
+    from zipvl.models.tower_pretraining import easyvqa_labels
+
+    mix = (0.4, 0.1, 0.2, 0, 0.1, 0.2)
+    plain, captioned = SampleStream(seed=8, mix=mix), SampleStream(seed=8, mix=mix, captions=True)
+    questions, answers, image_ids = get_train_questions()
+    by_image = easyvqa_labels(questions, answers, image_ids)
+    captions: dict = {}  # (question, answer) -> the captions of the images asked it (None: an unlabelled image)
+    for q, a, i in zip(questions, answers, image_ids):
+        label = by_image.get(i)
+        captions.setdefault((q, a), set()).add(None if label is None else f"{label[1]} {label[0]}")
+    kinds = set()
+    for _ in range(30):
+        for a, b in zip(plain.batch(8), captioned.batch(8)):
+            assert (a.prompt, a.answer, a.kind) == (b.prompt, b.answer, b.kind) and a.caption is None
+            kinds.add(b.kind)
+            if b.kind == "easyvqa":
+                question = b.prompt.split("\n")[1].removesuffix(" " + VQA_SUFFIX)
+                assert b.caption in captions[(question, b.answer)]
+                if b.caption and b.answer in SHAPES + tuple(COLORS):  # the answer is the image's shape or colour
+                    assert b.answer in b.caption.split()
+                continue
+            rows = b.caption.split("\n")
+            assert sum(len(r.split(", ")) for r in rows) == len(b.images) == b.prompt.count(IMAGE_MARK)
+            named = [c for r in rows for c in r.split(", ") if c != "empty"]
+            assert all(c.split()[0] in COLORS and c.split()[1] in SHAPES for c in named)
+            assert 1 <= len(named) <= 4
+    assert kinds >= {"easyvqa", "tiles2", "multi"}
+
+
+def test_caption_turn_is_labelled_apart_from_the_answers(processor):
+    sample = SampleStream(seed=2, mix=(0, 0, 1, 0, 0, 0), captions=True).batch(2)[0]
+    bare = encode_batch(processor, [replace(sample, caption=None)])
+    enc = encode_batch(processor, [sample])
+    tok = processor.tokenizer
+    assert "caption_labels" not in bare
+    answers, captions = enc["labels"][0], enc["caption_labels"][0]
+    assert tok.decode(answers[answers >= 0]) == f"{sample.answer}<|im_end|>"
+    assert tok.decode(captions[captions >= 0]) == f"{sample.caption}<|im_end|>"
+    assert not ((answers >= 0) & (captions >= 0)).any()
+    n = bare["input_ids"].shape[1]  # the caption turn comes after the answer: what precedes it is unchanged
+    assert torch.equal(enc["input_ids"][0, :n], bare["input_ids"][0]) and torch.equal(answers[:n], bare["labels"][0])
+    assert f"<|im_start|>user\n{CAPTION_REQUEST}<|im_end|>" in tok.decode(enc["input_ids"][0])
+
+
+def test_next_token_loss_is_the_models_own_loss_plus_the_weighted_caption_loss():
+    """On a tiny LLaVA: with no caption tokens it is HF's loss; caption tokens add weight x their own mean."""
+    from zipvl.testing import tiny_inputs, tiny_model
+
+    model = tiny_model("llava")
+    base = tiny_inputs("llava", text_len=12, batch=2).kwargs
+    ids = base["input_ids"]
+    labels, captions = torch.full_like(ids, -100), torch.full_like(ids, -100)
+    labels[:, -4:-2] = ids[:, -4:-2]
+    captions[:, -2:] = ids[:, -2:]
+    with torch.no_grad():
+        hf = model(**base, labels=labels).loss
+        cap = model(**base, labels=captions).loss
+        none = next_token_loss(model, {**base, "labels": labels, "caption_labels": torch.full_like(ids, -100)}, 0.5)
+        both = next_token_loss(model, {**base, "labels": labels, "caption_labels": captions}, 0.5)
+    torch.testing.assert_close(none, hf)
+    torch.testing.assert_close(both, hf + 0.5 * cap)
 
 
 def test_train_script_refuses_binding_without_follow_ups(capsys):

@@ -87,6 +87,13 @@ def random_canvas(rng: random.Random, side: int, tile: int) -> Scene:
     return random_scene(rng, side, side, tile, rng.randint(1, min(3, side * side)), distinct_shapes=rng.random() < 0.5)
 
 
+def tile_caption(shapes: list[Shape], rows: int, cols: int) -> str:
+    """Every tile in words, row by row as the LM reads the tiles: "empty" or "<colour> <shape>", a comma between
+    tiles, a newline after each row (one tile: just its content)."""
+    cells = {tuple(s.tile): f"{s.color} {s.shape}" for s in shapes}
+    return "\n".join(", ".join(cells.get((r, c), "empty") for c in range(cols)) for r in range(rows))
+
+
 def presence_question(color: str, shape: str) -> str:
     """easy-vqa's phrasing of "is this colour-and-shape object there?" (the eval's and the training's one wording)."""
     return f"is there a {color} {shape} in the image?"

@@ -16,12 +16,15 @@ from pathlib import Path
 
 import torch
 
-from ..data.scenes import NUMBERS, presence_question, random_canvas, random_scene, scene_question, tiles
-from .tower_pretraining import LabelledTiles, PretrainConfig, pretrain_tower
+from ..data.scenes import (NUMBERS, Shape, presence_question, random_canvas, random_scene, scene_question, tile_caption,
+                           tiles)
+from .tower_pretraining import LabelledTiles, PretrainConfig, easyvqa_labels, pretrain_tower
 from .vision import IMAGE_SIZE, TRAINABLE_PREFIXES
 
 VQA_SUFFIX = "Answer the question using a single word or phrase."  # the eval tasks' prompt (zipvl.eval.tasks)
 IMAGE_MARK = "<image>"
+# the caption turn (TrainConfig.captions): asked after the questions, so the answers are read from the image alone
+CAPTION_REQUEST = "Name what each image shows, row by row: its colour and shape, or empty."
 
 
 KINDS = ("easyvqa", "scene1", "tiles2", "tiles3", "tiles4", "multi")
@@ -52,6 +55,11 @@ class TrainConfig:
     # share of scene questions that test binding: "is there a <colour of one object> <shape of another>?" -> no,
     # each asked beside its positive about one of those two objects (-> yes), so "no" is not the prior
     binding: float = 0.0
+    # add a last chat turn asking for every image's content (scenes.tile_caption: "red circle" / a grid of tiles with
+    # "empty"), labelled and weighted ``caption_weight`` in the loss: the answer loss says one word per image, the
+    # caption names what every tile holds and where — the LLaVA recipe's caption alignment, as a follow-up turn
+    captions: bool = False
+    caption_weight: float = 1.0
 
     def __post_init__(self):
         if self.binding and self.questions < 2:
@@ -66,6 +74,7 @@ class Sample:
     answer: str
     kind: str
     follow_ups: list = field(default_factory=list)  # (question, answer) turns after the first, same images
+    caption: str | None = None  # the last turn's target (CAPTION_REQUEST), when captions are on
 
 
 def canvas_prompt(n_tiles: int, cols: int, question: str) -> str:
@@ -81,7 +90,8 @@ def multi_image_prompt(n: int, question: str) -> str:
 class SampleStream:
     """Seeded, endless stream of training batches; each batch is one kind, so padding stays small."""
 
-    def __init__(self, seed: int, mix: tuple[float, ...], questions: int = 1, binding: float = 0.0):
+    def __init__(self, seed: int, mix: tuple[float, ...], questions: int = 1, binding: float = 0.0,
+                 captions: bool = False):
         from easy_vqa import get_train_image_paths, get_train_questions
 
         self.rng = random.Random(seed)
@@ -90,6 +100,8 @@ class SampleStream:
         self.mix = mix
         self.n_questions = questions
         self.binding = binding
+        # captions draw nothing from the rng: a stream with captions asks what the same stream without them asks
+        self.labels = easyvqa_labels(self.questions, self.answers, self.image_ids) if captions else None
         self._order: list[int] = []
         self._by_image: dict[int, list[int]] = {}
         for i, image in enumerate(self.image_ids):
@@ -106,8 +118,12 @@ class SampleStream:
         img = Image.open(self.paths[image]).convert("RGB")  # the processor resizes, as in zipvl-eval
         others = [j for j in self._by_image[image] if j != i]
         more = self.rng.sample(others, min(len(others), self.n_questions - 1))
+        caption = None
+        if self.labels is not None and image in self.labels:  # 3,181 of the 4,000 train images are labelled
+            shape, color = self.labels[image]
+            caption = tile_caption([Shape(shape, color, (0, 0))], 1, 1)
         return Sample(f"{IMAGE_MARK}\n{self.questions[i]} {VQA_SUFFIX}", [img], self.answers[i], "easyvqa",
-                      [(self.questions[j], self.answers[j]) for j in more])
+                      [(self.questions[j], self.answers[j]) for j in more], caption)
 
     def _scene_questions(self, scene, multi: bool = False) -> list[tuple[str, str]]:
         """``n_questions`` distinct questions about one scene. A ``binding`` share are pairs from
@@ -136,7 +152,8 @@ class SampleStream:
         scene = random_canvas(rng, side, IMAGE_SIZE)
         (question, answer), *more = self._scene_questions(scene)
         parts = tiles(scene.render(), IMAGE_SIZE)
-        return Sample(canvas_prompt(len(parts), side, question), parts, answer, f"tiles{side}", more)
+        return Sample(canvas_prompt(len(parts), side, question), parts, answer, f"tiles{side}", more,
+                      self._caption(scene))
 
     def _multi(self) -> Sample:
         """2-4 images, one object each, distinct shapes where asked about: the question names a shape or colour."""
@@ -144,7 +161,11 @@ class SampleStream:
         n = rng.randint(2, 4)
         scene = random_scene(rng, 1, n, IMAGE_SIZE, n, distinct_shapes=n <= 3)
         (question, answer), *more = self._scene_questions(scene, multi=True)
-        return Sample(multi_image_prompt(n, question), tiles(scene.render(), IMAGE_SIZE), answer, "multi", more)
+        return Sample(multi_image_prompt(n, question), tiles(scene.render(), IMAGE_SIZE), answer, "multi", more,
+                      self._caption(scene))
+
+    def _caption(self, scene) -> str | None:
+        return tile_caption(scene.shapes, scene.rows, scene.cols) if self.labels is not None else None
 
     def batch(self, size: int) -> list[Sample]:
         kind = self.rng.choices(KINDS, weights=self.mix)[0]
@@ -182,33 +203,61 @@ def chat_prompt(tokenizer, user: str) -> str:
                                          tokenize=False)
 
 
+def _turn(text: str) -> str:
+    """A later user turn in SmolLM2's ChatML markers, as its chat template writes them."""
+    return f"\n<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"
+
+
 def encode_batch(processor, samples: list[Sample]) -> dict:
-    """Right-padded inputs with labels on the answer tokens (+ end of turn) only; follow-up questions are later turns
-    in SmolLM2's ChatML markers (as its chat template writes them), each answer labelled."""
+    """Right-padded inputs with labels on the answer tokens (+ end of turn) only; follow-up questions are later turns,
+    each answer labelled. Samples with a caption end with the caption turn, labelled apart in ``caption_labels``
+    (present only when some sample has one)."""
     tok = processor.tokenizer
-    rows, labels, pixels = [], [], []
+    rows, labels, caption_labels, pixels = [], [], [], []
     for s in samples:
         enc = processor(text=chat_prompt(tok, s.prompt), images=s.images, return_tensors="pt")
         ids = enc["input_ids"][0].tolist()
-        pieces = [(s.answer + "<|im_end|>", True)]  # (text, labelled)
+        pieces = [(s.answer + "<|im_end|>", "answer")]  # (text, which labels it goes to)
         for question, answer in s.follow_ups:
-            pieces += [(f"\n<|im_start|>user\n{question} {VQA_SUFFIX}<|im_end|>\n<|im_start|>assistant\n", False),
-                       (answer + "<|im_end|>", True)]
-        row, label = list(ids), [-100] * len(ids)
-        for text, labelled in pieces:
+            pieces += [(_turn(f"{question} {VQA_SUFFIX}"), None), (answer + "<|im_end|>", "answer")]
+        if s.caption is not None:
+            pieces += [(_turn(CAPTION_REQUEST), None), (s.caption + "<|im_end|>", "caption")]
+        row, label, caption = list(ids), [-100] * len(ids), [-100] * len(ids)
+        for text, target in pieces:
             piece = tok(text, add_special_tokens=False)["input_ids"]
             row += piece
-            label += piece if labelled else [-100] * len(piece)
+            label += piece if target == "answer" else [-100] * len(piece)
+            caption += piece if target == "caption" else [-100] * len(piece)
         rows.append(row)
         labels.append(label)
+        caption_labels.append(caption)
         pixels.append(enc["pixel_values"])
     width = max(len(r) for r in rows)
     pad = tok.pad_token_id
-    input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
-    attention = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
-    label_t = torch.tensor([lab + [-100] * (width - len(lab)) for lab in labels])
-    return {"input_ids": input_ids, "attention_mask": attention, "labels": label_t,
-            "pixel_values": torch.cat(pixels)}
+
+    def padded(values: list[list[int]], fill: int) -> torch.Tensor:
+        return torch.tensor([v + [fill] * (width - len(v)) for v in values])
+
+    out = {"input_ids": padded(rows, pad), "attention_mask": padded([[1] * len(r) for r in rows], 0),
+           "labels": padded(labels, -100), "pixel_values": torch.cat(pixels)}
+    if any(s.caption is not None for s in samples):
+        out["caption_labels"] = padded(caption_labels, -100)
+    return out
+
+
+def next_token_loss(model, inputs: dict, caption_weight: float) -> torch.Tensor:
+    """Answer loss + ``caption_weight`` x caption loss, each the mean over its own tokens. The LM head runs only where
+    a label is, not over the ~1,100 positions of a canvas."""
+    inputs = dict(inputs)
+    labels, captions = inputs.pop("labels"), inputs.pop("caption_labels")
+    hidden = model.model(**inputs, use_cache=False).last_hidden_state[:, :-1]
+    total = 0.0
+    for target, weight in ((labels[:, 1:], 1.0), (captions[:, 1:], caption_weight)):
+        where = target != -100
+        if where.any():
+            logits = model.lm_head(hidden[where]).float()
+            total = total + weight * torch.nn.functional.cross_entropy(logits, target[where])
+    return total
 
 
 def freeze_language_model(model) -> list[torch.nn.Parameter]:
@@ -253,7 +302,7 @@ def train(model, processor, cfg: TrainConfig, log=print) -> dict:
                              {"params": tower, "lr": cfg.tower_lr, "base": cfg.tower_lr}],
                             weight_decay=cfg.weight_decay)
     model.train()
-    stream = SampleStream(cfg.seed, cfg.mix, cfg.questions, cfg.binding)
+    stream = SampleStream(cfg.seed, cfg.mix, cfg.questions, cfg.binding, cfg.captions)
     history = []
     start = time.perf_counter()
     for step in range(cfg.steps):
@@ -262,7 +311,10 @@ def train(model, processor, cfg: TrainConfig, log=print) -> dict:
         for group in opt.param_groups:
             group["lr"] = group["base"] * lr_factor(step, cfg)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            loss = model(**inputs, use_cache=False).loss
+            if "caption_labels" in inputs:
+                loss = next_token_loss(model, inputs, cfg.caption_weight)
+            else:  # no caption turn: the loss the shipped stages were trained with
+                loss = model(**inputs, use_cache=False).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
