@@ -180,6 +180,12 @@ def test_next_token_loss_is_the_models_own_loss_plus_the_weighted_caption_loss()
     torch.testing.assert_close(both, hf + 0.5 * cap)
 
 
+def test_caption_weight_must_be_positive():
+    with pytest.raises(ValueError, match="caption_weight must be > 0"):
+        TrainConfig(captions=True, caption_weight=0.0)
+    assert TrainConfig(captions=False, caption_weight=0.0).caption_weight == 0.0  # unused without captions
+
+
 def test_train_script_refuses_binding_without_follow_ups(capsys):
     """The CLI's one clear error, before any model is built."""
     import runpy

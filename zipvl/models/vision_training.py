@@ -65,6 +65,8 @@ class TrainConfig:
         if self.binding and self.questions < 2:
             raise ValueError(f"binding={self.binding} needs questions >= 2: each binding negative is asked beside its "
                              f"positive on the same image (got questions={self.questions})")
+        if self.captions and not self.caption_weight > 0:
+            raise ValueError(f"caption_weight must be > 0 with captions on (got {self.caption_weight})")
 
 
 @dataclass
