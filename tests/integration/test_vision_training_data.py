@@ -10,8 +10,17 @@ import torch
 
 from zipvl.data.scenes import COLORS, SHAPES, random_scene, scene_question
 from zipvl.models.vision import IMAGE_SIZE
-from zipvl.models.vision_training import (CAPTION_REQUEST, IMAGE_MARK, KINDS, VQA_SUFFIX, SampleStream, TrainConfig,
-                                          binding_questions, encode_batch, next_token_loss)
+from zipvl.models.vision_training import (
+    CAPTION_REQUEST,
+    IMAGE_MARK,
+    KINDS,
+    VQA_SUFFIX,
+    SampleStream,
+    TrainConfig,
+    binding_questions,
+    encode_batch,
+    next_token_loss,
+)
 
 
 def test_default_stream_draws_what_it_drew_before_the_options():

@@ -16,8 +16,16 @@ from pathlib import Path
 
 import torch
 
-from ..data.scenes import (NUMBERS, Shape, presence_question, random_canvas, random_scene, scene_question, tile_caption,
-                           tiles)
+from ..data.scenes import (
+    NUMBERS,
+    Shape,
+    presence_question,
+    random_canvas,
+    random_scene,
+    scene_question,
+    tile_caption,
+    tiles,
+)
 from .tower_pretraining import LabelledTiles, PretrainConfig, easyvqa_labels, pretrain_tower
 from .vision import IMAGE_SIZE, TRAINABLE_PREFIXES
 
