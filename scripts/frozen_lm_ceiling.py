@@ -30,6 +30,7 @@ from zipvl.eval import TaskOptions
 from zipvl.eval.metrics import vqa_score
 from zipvl.eval.tasks import VQA_SUFFIX, make_items
 from zipvl.models.default import IMAGE_TOKEN, build_default_model
+from zipvl.models.text_teacher import SoftPrompt, teacher_user_turn, train_soft_prompt
 from zipvl.models.tower_pretraining import easyvqa_labels
 from zipvl.models.vision import IMAGE_SIZE
 from zipvl.models.vision_training import chat_prompt
@@ -49,21 +50,6 @@ def describe(objects: list[dict], style: str, side: int = 4) -> str:
 def question_type(question: str, answer: str) -> str:
     kind = next((k for k in QUESTION_TYPES if question.lower().startswith(k)), "other")
     return f"{kind} ({answer})" if kind == "is there a" else kind
-
-
-class SoftPrompt(torch.nn.Module):
-    """``n`` trained vectors written over the ``<image>`` placeholders of a prompt: the only trainable part."""
-
-    def __init__(self, embeddings: torch.nn.Embedding, token_id: int, n: int):
-        super().__init__()
-        rms = embeddings.weight.pow(2).mean().sqrt()
-        self.vectors = torch.nn.Parameter(torch.randn(n, embeddings.weight.shape[1]) * rms)
-        self.embeddings, self.token_id = embeddings, token_id
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        x = self.embeddings(ids)
-        slots = ids == self.token_id
-        return x.masked_scatter(slots[..., None], self.vectors.to(x.dtype).repeat(ids.shape[0], 1))
 
 
 def training_rows(task: str, style: str, rng: random.Random):
@@ -126,30 +112,23 @@ def main(argv: list[str] | None = None) -> int:
     soft = SoftPrompt(model.get_input_embeddings(), tok.convert_tokens_to_ids(IMAGE_TOKEN), args.soft)
 
     def prompt(text: str, question: str) -> str:
-        return chat_prompt(tok, f"{IMAGE_TOKEN * args.soft}\n{text}\n{question} {VQA_SUFFIX}")
+        return chat_prompt(tok, teacher_user_turn(args.soft, text, f"{question} {VQA_SUFFIX}"))
 
-    opt = torch.optim.AdamW([soft.vectors], lr=args.lr, weight_decay=0.0)
-    rows = training_rows(args.task, args.describe, random.Random(f"ceiling-{args.seed}"))
-    losses, start = [], time.perf_counter()
-    for step in range(args.steps):
-        batch = [next(rows) for _ in range(args.batch)]
-        prompts = [tok(prompt(t, q), add_special_tokens=False)["input_ids"] for t, q, _ in batch]
-        targets = [tok(a + "<|im_end|>", add_special_tokens=False)["input_ids"] for _, _, a in batch]
-        width = max(len(x) + len(y) for x, y in zip(prompts, targets))
-        ids = torch.tensor([x + y + [tok.pad_token_id] * (width - len(x) - len(y)) for x, y in zip(prompts, targets)])
-        labels = torch.tensor([[-100] * len(x) + y + [-100] * (width - len(x) - len(y))
-                               for x, y in zip(prompts, targets)])
-        mask = torch.tensor([[1] * (len(x) + len(y)) + [0] * (width - len(x) - len(y)) for x, y in zip(prompts, targets)])
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            hidden = model.model.language_model(inputs_embeds=soft(ids), attention_mask=mask).last_hidden_state
-            logits = model.lm_head(hidden).float()
-        loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(round(loss.item(), 4))
-        if step % 25 == 0 or step == args.steps - 1:
-            print(f"step {step:4d}  loss {loss.item():.3f}  {time.perf_counter() - start:.0f} s", flush=True)
+    def batches():
+        rows = training_rows(args.task, args.describe, random.Random(f"ceiling-{args.seed}"))
+        while True:
+            batch = [next(rows) for _ in range(args.batch)]
+            prompts = [tok(prompt(t, q), add_special_tokens=False)["input_ids"] for t, q, _ in batch]
+            targets = [tok(a + "<|im_end|>", add_special_tokens=False)["input_ids"] for _, _, a in batch]
+            width = max(len(x) + len(y) for x, y in zip(prompts, targets))
+            pads = [width - len(x) - len(y) for x, y in zip(prompts, targets)]
+            yield (torch.tensor([x + y + [tok.pad_token_id] * n for x, y, n in zip(prompts, targets, pads)]),
+                   torch.tensor([[-100] * len(x) + y + [-100] * n for x, y, n in zip(prompts, targets, pads)]),
+                   torch.tensor([[1] * (len(x) + len(y)) + [0] * n for x, y, n in zip(prompts, targets, pads)]))
+
+    start = time.perf_counter()
+    losses = train_soft_prompt(model, soft, batches(), args.steps, args.lr,
+                               log=lambda s: print(f"{s}  {time.perf_counter() - start:.0f} s", flush=True))
 
     by_type: dict[str, list[float]] = defaultdict(list)
     with torch.no_grad():

@@ -111,6 +111,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="end every sample with a turn naming what each image (tile) holds, row by row")
     p.add_argument("--caption-weight", type=float, default=TrainConfig.caption_weight,
                    help="weight of the caption turn's loss beside the answers' (each a mean over its tokens)")
+    p.add_argument("--distill", type=float, default=TrainConfig.distill,
+                   help="weight of the hidden-state match against the text teacher (the frozen LM reading a soft prompt "
+                        "+ each image's tiles in words); 0: off")
+    p.add_argument("--teacher-steps", type=int, default=TrainConfig.teacher_steps,
+                   help="steps that train the teacher's soft prompt before stage 2 (with --distill)")
+    p.add_argument("--teacher-batch", type=int, default=TrainConfig.teacher_batch,
+                   help="described samples per soft-prompt step")
+    p.add_argument("--teacher-soft", type=int, default=TrainConfig.teacher_soft, help="the teacher's soft-prompt vectors")
     p.add_argument("--heldout", type=float, default=1.0, help="scale of the held-out check (0: skip)")
     p.add_argument("--out", type=Path, default=WEIGHTS_DIR)
     args = p.parse_args(argv)
@@ -119,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = TrainConfig(bf16=bf16, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads,
                           tower_steps=0 if args.init else args.tower_steps, tower_lr=args.tower_lr,
                           mix=tuple(args.mix), init=str(args.init) if args.init else None, questions=args.questions,
-                          binding=args.binding, captions=args.captions, caption_weight=args.caption_weight)
+                          binding=args.binding, captions=args.captions, caption_weight=args.caption_weight,
+                          distill=args.distill, teacher_steps=args.teacher_steps, teacher_soft=args.teacher_soft,
+                          teacher_batch=args.teacher_batch)
     except ValueError as e:
         p.error(str(e))
     t0 = time.perf_counter()
@@ -143,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
                                                "loss": [round(h["loss"], 4) for h in stage1["history"]]},
         "loss": [round(h["loss"], 4) for h in history], "kinds": [h["kind"] for h in history],
     }
+    if result["teacher"] is not None:  # --distill: the teacher's soft-prompt loss, and the match per step (of the loss)
+        card["teacher"] = {"steps": cfg.teacher_steps, "batch": cfg.teacher_batch, "loss": result["teacher"]}
+        card["match"] = [round(h["match"], 4) if "match" in h else None for h in history]
     if args.init:  # a later stage: record where it started, so the chain back to stage 1 is on file
         init_card = json.loads(args.init.with_suffix(".json").read_text())
         card["init"] = {"weights": args.init.name, "command": init_card["command"],

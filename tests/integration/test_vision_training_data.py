@@ -19,7 +19,9 @@ from zipvl.models.vision_training import (
     TrainConfig,
     binding_questions,
     encode_batch,
+    encode_teacher,
     next_token_loss,
+    shared_spans,
 )
 
 
@@ -187,6 +189,54 @@ def test_next_token_loss_is_the_models_own_loss_plus_the_weighted_caption_loss()
         both = next_token_loss(model, {**base, "labels": labels, "caption_labels": captions}, 0.5)
     torch.testing.assert_close(none, hf)
     torch.testing.assert_close(both, hf + 0.5 * cap)
+
+
+def test_teacher_rows_read_the_description_and_share_the_questions_with_the_student(processor):
+    """--distill: each described sample's teacher row is the soft prompt, the image in words and the same question;
+    the two rows share exactly what follows the last image (question, answers, chat markers), labels on the answers."""
+    tok = processor.tokenizer
+    stream = SampleStream(seed=4, mix=(0.4, 0.1, 0.2, 0, 0.1, 0.2), questions=2, captions=True)
+    seen = set()
+    for _ in range(6):
+        samples = stream.batch(4)
+        rows = [i for i, s in enumerate(samples) if s.caption is not None]
+        student = encode_batch(processor, samples, caption_turn=False)
+        teacher = encode_teacher(tok, [samples[i] for i in rows], n_soft=3)
+        for (i, s_end, j, t_end, n), sample in zip(shared_spans(student, teacher, rows), [samples[i] for i in rows]):
+            seen.add(sample.kind)
+            student_text = tok.decode(student["input_ids"][i, :s_end])
+            teacher_text = tok.decode(teacher["input_ids"][j, :t_end])
+            after_images = student_text[student_text.rindex(IMAGE_MARK) + len(IMAGE_MARK):]
+            assert tok.decode(student["input_ids"][i, s_end - n:s_end]) == after_images
+            assert teacher_text.endswith(f"{IMAGE_MARK * 3}\n{sample.caption}{after_images}")
+            labels = teacher["labels"][j]
+            assert tok.decode(labels[labels >= 0]) == tok.decode(student["labels"][i][student["labels"][i] >= 0])
+    assert seen >= {"easyvqa", "multi"}
+
+
+def test_distill_needs_a_teacher():
+    with pytest.raises(ValueError, match="teacher_steps >= 1"):
+        TrainConfig(distill=1.0, teacher_steps=0)
+    with pytest.raises(ValueError, match="distill must be >= 0"):
+        TrainConfig(distill=-1.0)
+
+
+@pytest.mark.slow
+def test_train_script_distils_the_text_teacher_end_to_end(tmp_path):
+    """Two soft-prompt steps, two student steps on the real LM: the card records the teacher and the match."""
+    import json
+    import runpy
+    from pathlib import Path
+
+    from zipvl.models.vision import VERSION, WEIGHTS
+
+    main = runpy.run_path(str(Path(__file__).parents[2] / "scripts" / "train_vision.py"))["main"]
+    assert main(["--init", str(WEIGHTS), "--steps", "2", "--mix", "0", "0", "1", "0", "0", "0", "--distill", "1",
+                 "--teacher-steps", "2", "--teacher-batch", "2", "--heldout", "0", "--threads", "1",
+                 "--out", str(tmp_path)]) == 0
+    card = json.loads((tmp_path / f"vision-{VERSION}.json").read_text())
+    assert card["train_config"]["distill"] == 1.0 and len(card["teacher"]["loss"]) == 2
+    assert len(card["match"]) == 2 and all(m is not None and m > 0 for m in card["match"])
 
 
 def test_caption_weight_must_be_positive():

@@ -26,6 +26,7 @@ from ..data.scenes import (
     tile_caption,
     tiles,
 )
+from .text_teacher import SoftPrompt, common_suffix, hidden_match_loss, teacher_user_turn, train_soft_prompt
 from .tower_pretraining import LabelledTiles, PretrainConfig, easyvqa_labels, pretrain_tower
 from .vision import IMAGE_SIZE, TRAINABLE_PREFIXES
 
@@ -68,6 +69,15 @@ class TrainConfig:
     # caption names what every tile holds and where — the LLaVA recipe's caption alignment, as a follow-up turn
     captions: bool = False
     caption_weight: float = 1.0
+    # distil the text teacher (.text_teacher): the frozen LM reading a soft prompt + each image's tiles in words
+    # (0.985 easy-vqa / 0.91 canvas from such text). First ``teacher_steps`` train the teacher's soft prompt on the
+    # same kind of samples; then every step adds ``distill`` x the mismatch of the LM's hidden states (all layers, the
+    # question and answer tokens) between the student's visual tokens and the teacher's text
+    distill: float = 0.0
+    teacher_soft: int = 64
+    teacher_steps: int = 300
+    teacher_lr: float = 3e-2
+    teacher_batch: int = 16
 
     def __post_init__(self):
         if self.binding and self.questions < 2:
@@ -75,6 +85,9 @@ class TrainConfig:
                              f"positive on the same image (got questions={self.questions})")
         if self.captions and not self.caption_weight > 0:
             raise ValueError(f"caption_weight must be > 0 with captions on (got {self.caption_weight})")
+        if self.distill < 0 or (self.distill and self.teacher_steps < 1):
+            raise ValueError(f"distill must be >= 0 and needs teacher_steps >= 1 (got distill={self.distill}, "
+                             f"teacher_steps={self.teacher_steps})")
 
 
 @dataclass
@@ -218,23 +231,33 @@ def _turn(text: str) -> str:
     return f"\n<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"
 
 
-def encode_batch(processor, samples: list[Sample]) -> dict:
+def _turns(tok, s: Sample, caption_turn: bool) -> list[tuple[list[int], str | None]]:
+    """What follows the first user turn: the answer, each follow-up question and answer, the caption turn; as
+    (token ids, which labels they go to)."""
+    pieces = [(s.answer + "<|im_end|>", "answer")]
+    for question, answer in s.follow_ups:
+        pieces += [(_turn(f"{question} {VQA_SUFFIX}"), None), (answer + "<|im_end|>", "answer")]
+    if caption_turn and s.caption is not None:
+        pieces += [(_turn(CAPTION_REQUEST), None), (s.caption + "<|im_end|>", "caption")]
+    return [(tok(text, add_special_tokens=False)["input_ids"], target) for text, target in pieces]
+
+
+def _padded(values: list[list[int]], fill: int) -> torch.Tensor:
+    width = max(len(v) for v in values)
+    return torch.tensor([v + [fill] * (width - len(v)) for v in values])
+
+
+def encode_batch(processor, samples: list[Sample], caption_turn: bool = True) -> dict:
     """Right-padded inputs with labels on the answer tokens (+ end of turn) only; follow-up questions are later turns,
-    each answer labelled. Samples with a caption end with the caption turn, labelled apart in ``caption_labels``
-    (present only when some sample has one)."""
+    each answer labelled. With ``caption_turn``, samples with a caption end with the caption turn, labelled apart in
+    ``caption_labels`` (present only when some sample has one)."""
     tok = processor.tokenizer
     rows, labels, caption_labels, pixels = [], [], [], []
     for s in samples:
         enc = processor(text=chat_prompt(tok, s.prompt), images=s.images, return_tensors="pt")
         ids = enc["input_ids"][0].tolist()
-        pieces = [(s.answer + "<|im_end|>", "answer")]  # (text, which labels it goes to)
-        for question, answer in s.follow_ups:
-            pieces += [(_turn(f"{question} {VQA_SUFFIX}"), None), (answer + "<|im_end|>", "answer")]
-        if s.caption is not None:
-            pieces += [(_turn(CAPTION_REQUEST), None), (s.caption + "<|im_end|>", "caption")]
         row, label, caption = list(ids), [-100] * len(ids), [-100] * len(ids)
-        for text, target in pieces:
-            piece = tok(text, add_special_tokens=False)["input_ids"]
+        for piece, target in _turns(tok, s, caption_turn):
             row += piece
             label += piece if target == "answer" else [-100] * len(piece)
             caption += piece if target == "caption" else [-100] * len(piece)
@@ -242,27 +265,58 @@ def encode_batch(processor, samples: list[Sample]) -> dict:
         labels.append(label)
         caption_labels.append(caption)
         pixels.append(enc["pixel_values"])
-    width = max(len(r) for r in rows)
-    pad = tok.pad_token_id
-
-    def padded(values: list[list[int]], fill: int) -> torch.Tensor:
-        return torch.tensor([v + [fill] * (width - len(v)) for v in values])
-
-    out = {"input_ids": padded(rows, pad), "attention_mask": padded([[1] * len(r) for r in rows], 0),
-           "labels": padded(labels, -100), "pixel_values": torch.cat(pixels)}
-    if any(s.caption is not None for s in samples):
-        out["caption_labels"] = padded(caption_labels, -100)
+    out = {"input_ids": _padded(rows, tok.pad_token_id), "attention_mask": _padded([[1] * len(r) for r in rows], 0),
+           "labels": _padded(labels, -100), "pixel_values": torch.cat(pixels)}
+    if caption_turn and any(s.caption is not None for s in samples):
+        out["caption_labels"] = _padded(caption_labels, -100)
     return out
 
 
-def next_token_loss(model, inputs: dict, caption_weight: float) -> torch.Tensor:
+def encode_teacher(tok, samples: list[Sample], n_soft: int, caption_turn: bool = False) -> dict:
+    """The same samples for the text teacher (:mod:`.text_teacher`): the images replaced by the soft prompt and their
+    description (``Sample.caption``, which every sample here must have), then the same question and later turns,
+    labels on the answers."""
+    rows, labels = [], []
+    for s in samples:
+        question = s.prompt.split("\n")[-1]  # every prompt ends with "<question> <VQA_SUFFIX>" on its own line
+        row = tok(chat_prompt(tok, teacher_user_turn(n_soft, s.caption, question)), add_special_tokens=False)["input_ids"]
+        label = [-100] * len(row)
+        for piece, target in _turns(tok, s, caption_turn):
+            row += piece
+            label += piece if target == "answer" else [-100] * len(piece)
+        rows.append(row)
+        labels.append(label)
+    return {"input_ids": _padded(rows, tok.pad_token_id), "labels": _padded(labels, -100),
+            "attention_mask": _padded([[1] * len(r) for r in rows], 0)}
+
+
+def shared_spans(student: dict, teacher: dict, rows: list[int]) -> list[tuple[int, int, int, int, int]]:
+    """Per teacher row j (student row ``rows[j]``): (student row, its end, j, its end, trailing tokens they share)."""
+    out = []
+    for j, i in enumerate(rows):
+        s_end, t_end = int(student["attention_mask"][i].sum()), int(teacher["attention_mask"][j].sum())
+        n = common_suffix(student["input_ids"][i, :s_end].tolist(), teacher["input_ids"][j, :t_end].tolist())
+        out.append((i, s_end, j, t_end, n))
+    return out
+
+
+def student_forward(model, inputs: dict, hidden_states: bool = False):
+    """The LLaVA body (no LM head) on an encoded batch; ``hidden_states``: also every layer's output."""
+    fields = {k: v for k, v in inputs.items() if k not in ("labels", "caption_labels")}
+    return model.model(**fields, use_cache=False, output_hidden_states=hidden_states)
+
+
+def next_token_loss(model, inputs: dict, caption_weight: float, outputs=None) -> torch.Tensor:
     """Answer loss + ``caption_weight`` x caption loss, each the mean over its own tokens. The LM head runs only where
-    a label is, not over the ~1,100 positions of a canvas."""
-    inputs = dict(inputs)
-    labels, captions = inputs.pop("labels"), inputs.pop("caption_labels")
-    hidden = model.model(**inputs, use_cache=False).last_hidden_state[:, :-1]
+    a label is, not over the ~1,100 positions of a canvas. ``outputs``: :func:`student_forward`'s, if already run."""
+    outputs = outputs if outputs is not None else student_forward(model, inputs)
+    hidden = outputs.last_hidden_state[:, :-1]
+    captions = inputs.get("caption_labels")
     total = 0.0
-    for target, weight in ((labels[:, 1:], 1.0), (captions[:, 1:], caption_weight)):
+    for target, weight in ((inputs["labels"], 1.0), (captions, caption_weight)):
+        if target is None:
+            continue
+        target = target[:, 1:]
         where = target != -100
         if where.any():
             logits = model.lm_head(hidden[where]).float()
@@ -311,34 +365,76 @@ def train(model, processor, cfg: TrainConfig, log=print) -> dict:
     opt = torch.optim.AdamW([{"params": projector, "lr": cfg.lr, "base": cfg.lr},
                              {"params": tower, "lr": cfg.tower_lr, "base": cfg.tower_lr}],
                             weight_decay=cfg.weight_decay)
+    tok = processor.tokenizer
+    soft, teacher_losses = None, None
+    if cfg.distill:
+        soft = SoftPrompt(model.get_input_embeddings(), tok.convert_tokens_to_ids(IMAGE_MARK), cfg.teacher_soft)
+        # its own stream (seed + TEACHER_SEED_OFFSET): the student's draws stay the ones its seed alone gives
+        rows = teacher_batches(tok, SampleStream(cfg.seed + TEACHER_SEED_OFFSET, cfg.mix, cfg.questions, cfg.binding,
+                                                 captions=True), cfg)
+        teacher_losses = train_soft_prompt(model, soft, rows, cfg.teacher_steps, cfg.teacher_lr, log=log)
     model.train()
-    stream = SampleStream(cfg.seed, cfg.mix, cfg.questions, cfg.binding, cfg.captions)
+    stream = SampleStream(cfg.seed, cfg.mix, cfg.questions, cfg.binding, captions=cfg.captions or bool(cfg.distill))
     history = []
     start = time.perf_counter()
     for step in range(cfg.steps):
         samples = stream.batch(cfg.batch)
-        inputs = encode_batch(processor, samples)
+        inputs = encode_batch(processor, samples, caption_turn=cfg.captions)
         for group in opt.param_groups:
             group["lr"] = group["base"] * lr_factor(step, cfg)
+        match = None
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            if "caption_labels" in inputs:
-                loss = next_token_loss(model, inputs, cfg.caption_weight)
-            else:  # no caption turn: the loss the shipped stages were trained with
+            if soft is None and "caption_labels" not in inputs:  # the loss the shipped stages were trained with
                 loss = model(**inputs, use_cache=False).loss
+            else:
+                outputs = student_forward(model, inputs, hidden_states=soft is not None)
+                loss = next_token_loss(model, inputs, cfg.caption_weight, outputs)
+                described = [i for i, s in enumerate(samples) if s.caption is not None] if soft is not None else []
+                if described:
+                    match = teacher_match(model, soft, tok, inputs, outputs, [samples[i] for i in described],
+                                          described, cfg)
+                    loss = loss + cfg.distill * match
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         history.append({"step": step, "loss": loss.item(), "kind": samples[0].kind, "lr": cfg.lr * lr_factor(step, cfg),
-                        "tokens": int(inputs["input_ids"].shape[1]), "seconds": time.perf_counter() - start})
+                        "tokens": int(inputs["input_ids"].shape[1]), "seconds": time.perf_counter() - start,
+                        **({"match": match.item()} if match is not None else {})})
         if step % 20 == 0 or step == cfg.steps - 1:
-            recent = [h["loss"] for h in history[-20:]]
-            log(f"step {step:5d}  loss {sum(recent) / len(recent):.3f}  ({samples[0].kind}, "
-                f"{inputs['input_ids'].shape[1]} tok)  {time.perf_counter() - start:.0f} s")
+            recent = history[-20:]
+            matched = [h["match"] for h in recent if "match" in h]
+            log(f"step {step:5d}  loss {sum(h['loss'] for h in recent) / len(recent):.3f}"
+                + (f"  match {sum(matched) / len(matched):.3f}" if matched else "")
+                + f"  ({samples[0].kind}, {inputs['input_ids'].shape[1]} tok)  {time.perf_counter() - start:.0f} s")
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return {"stage1": stage1, "history": history}
+    return {"stage1": stage1, "history": history, "teacher": teacher_losses}
+
+
+TEACHER_SEED_OFFSET = 1_000_003
+
+
+def teacher_batches(tok, stream: SampleStream, cfg: TrainConfig):
+    """Endless (ids, labels, mask) of ``cfg.teacher_batch`` described samples from ``stream``, for the soft prompt."""
+    while True:
+        samples: list[Sample] = []
+        while len(samples) < cfg.teacher_batch:
+            samples += [s for s in stream.batch(cfg.batch) if s.caption is not None]
+        enc = encode_teacher(tok, samples[:cfg.teacher_batch], cfg.teacher_soft, cfg.captions)
+        yield enc["input_ids"], enc["labels"], enc["attention_mask"]
+
+
+def teacher_match(model, soft, tok, inputs: dict, outputs, samples: list[Sample], rows: list[int],
+                  cfg: TrainConfig) -> torch.Tensor:
+    """The hidden-state mismatch between the student's batch (``outputs``, all layers) and the text teacher reading
+    ``samples`` (student rows ``rows``) on the tokens they share: the question, the answers, the chat markers."""
+    teacher = encode_teacher(tok, samples, cfg.teacher_soft, cfg.captions)
+    with torch.no_grad():
+        t = model.model.language_model(inputs_embeds=soft(teacher["input_ids"]),
+                                       attention_mask=teacher["attention_mask"], output_hidden_states=True)
+    return hidden_match_loss(outputs.hidden_states, t.hidden_states, shared_spans(inputs, teacher, rows))
 
 
 def config_dict(cfg: TrainConfig) -> dict:
