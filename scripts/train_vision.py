@@ -58,20 +58,24 @@ def _smooth(values: list[float], k: int) -> list[float]:
     return [sum(values[max(0, i - k + 1): i + 1]) / len(values[max(0, i - k + 1): i + 1]) for i in range(len(values))]
 
 
-def plot_loss(history: list[dict], stage1: dict | None, path: Path, batch: int) -> None:
+def plot_loss(history: list[dict], stage1: dict | None, path: Path, batch: int,
+              teacher: list[float] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("stage 2: answer loss through the frozen SmolLM2-135M",
-               f"step (batch {batch} single images, fewer for long prompts)", history)]
+    matched = any("match" in h for h in history)
+    title = "stage 2: answer + distill x hidden-state match" if matched else \
+        "stage 2: answer loss through the frozen SmolLM2-135M"
+    panels = [(title, f"step (batch {batch} single images, fewer for long prompts)", [h["loss"] for h in history])]
+    if teacher:
+        panels.insert(0, ("the text teacher's soft prompt (answer loss)", "step", teacher))
     if stage1:
         panels.insert(0, ("stage 1: tower alone (present + shape + colour)", "step (batch of 64 tiles)",
-                          stage1["history"]))
+                          [h["loss"] for h in stage1["history"]]))
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 3.5), squeeze=False)
-    for ax, (title, xlabel, hist) in zip(axes[0], panels):
-        losses = [h["loss"] for h in hist]
+    for ax, (title, xlabel, losses) in zip(axes[0], panels):
         ax.plot(losses, alpha=0.3, label="per step")
         ax.plot(_smooth(losses, 25), label="mean of 25")
         ax.set_xlabel(xlabel)
@@ -79,6 +83,10 @@ def plot_loss(history: list[dict], stage1: dict | None, path: Path, batch: int) 
         ax.set_yscale("log")
         ax.set_title(title, fontsize=10)
         ax.legend()
+    if matched:  # the match alone, mean of 25 over the steps that had one
+        steps = [h["step"] for h in history if "match" in h]
+        axes[0][-1].plot(steps, _smooth([h["match"] for h in history if "match" in h], 25), label="match (mean of 25)")
+        axes[0][-1].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -111,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="end every sample with a turn naming what each image (tile) holds, row by row")
     p.add_argument("--caption-weight", type=float, default=TrainConfig.caption_weight,
                    help="weight of the caption turn's loss beside the answers' (each a mean over its tokens)")
+    p.add_argument("--balance-yes-no", action="store_true",
+                   help="draw each easy-vqa yes/no phrasing's rarer answer as often as its commoner one")
     p.add_argument("--distill", type=float, default=TrainConfig.distill,
                    help="weight of the hidden-state match against the text teacher (the frozen LM reading a soft prompt "
                         "+ each image's tiles in words); 0: off")
@@ -129,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                           mix=tuple(args.mix), init=str(args.init) if args.init else None, questions=args.questions,
                           binding=args.binding, captions=args.captions, caption_weight=args.caption_weight,
                           distill=args.distill, teacher_steps=args.teacher_steps, teacher_soft=args.teacher_soft,
-                          teacher_batch=args.teacher_batch)
+                          teacher_batch=args.teacher_batch, balance_yes_no=args.balance_yes_no)
     except ValueError as e:
         p.error(str(e))
     t0 = time.perf_counter()
@@ -161,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         card["init"] = {"weights": args.init.name, "command": init_card["command"],
                         "heldout": init_card.get("heldout")}
     save_vision(model, weights, card)  # weights first: the held-out check below takes minutes
-    plot_loss(history, stage1, args.out / f"vision-{VERSION}-loss.png", cfg.batch)
+    plot_loss(history, stage1, args.out / f"vision-{VERSION}-loss.png", cfg.batch, result["teacher"])
     print(f"wrote {weights} ({weights.stat().st_size / 2**20:.1f} MiB) after {train_s:.0f} s of training", flush=True)
     if args.heldout > 0:
         tasks = {t: max(1, round(n * args.heldout)) for t, n in HELDOUT.items()}

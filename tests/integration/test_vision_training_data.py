@@ -255,3 +255,25 @@ def test_train_script_refuses_binding_without_follow_ups(capsys):
         main(["--binding", "0.25"])
     assert exit_.value.code == 2
     assert "needs questions >= 2" in capsys.readouterr().err
+
+
+def test_balanced_yes_no_evens_each_phrasing_and_keeps_the_rest_once():
+    from collections import Counter
+
+    from zipvl.models.vision_training import balanced_yes_no
+
+    questions = ["is there a red shape?"] * 5 + ["is there not a circle?"] * 3 + ["what color is it?"] * 2
+    answers = ["no", "no", "no", "no", "yes", "yes", "yes", "no", "red", "blue"]
+    picked = balanced_yes_no(questions, answers)
+    counts = Counter((" ".join(questions[i].split()[:3]), answers[i]) for i in picked)
+    assert counts == {("is there a", "no"): 4, ("is there a", "yes"): 4, ("is there not", "yes"): 2,
+                      ("is there not", "no"): 2, ("what color is", "red"): 1, ("what color is", "blue"): 1}
+    assert set(picked) == set(range(10))  # every question still drawn
+
+
+def test_balanced_stream_asks_easyvqa_presence_both_ways():
+    """--balance-yes-no: easy-vqa's "is there a …?" (18 % yes in its train split) comes about half yes."""
+    stream = SampleStream(seed=1, mix=(1, 0, 0, 0, 0, 0), balance_yes_no=True)
+    answers = [s.answer for _ in range(60) for s in stream.batch(8) if s.prompt.startswith(f"{IMAGE_MARK}\nis there a ")]
+    assert len(answers) > 40
+    assert 0.35 < answers.count("yes") / len(answers) < 0.65

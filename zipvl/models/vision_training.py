@@ -69,6 +69,10 @@ class TrainConfig:
     # caption names what every tile holds and where — the LLaVA recipe's caption alignment, as a follow-up turn
     captions: bool = False
     caption_weight: float = 1.0
+    # easy-vqa's yes/no phrasings are skewed in its train split ("is there a …?" 18 % yes, "is there not …?" 82 % yes)
+    # and v7 answers four of them with their majority answer whatever the image (docs/vision.md): with this on, each
+    # phrasing's rarer answer is drawn as often as its commoner one
+    balance_yes_no: bool = False
     # distil the text teacher (.text_teacher): the frozen LM reading a soft prompt + each image's tiles in words
     # (0.985 easy-vqa / 0.91 canvas from such text). First ``teacher_steps`` train the teacher's soft prompt on the
     # same kind of samples; then every step adds ``distill`` x the mismatch of the LM's hidden states (all layers, the
@@ -114,7 +118,7 @@ class SampleStream:
     """Seeded, endless stream of training batches; each batch is one kind, so padding stays small."""
 
     def __init__(self, seed: int, mix: tuple[float, ...], questions: int = 1, binding: float = 0.0,
-                 captions: bool = False):
+                 captions: bool = False, balance_yes_no: bool = False):
         from easy_vqa import get_train_image_paths, get_train_questions
 
         self.rng = random.Random(seed)
@@ -126,6 +130,7 @@ class SampleStream:
         # captions draw nothing from the rng: a stream with captions asks what the same stream without them asks
         self.labels = easyvqa_labels(self.questions, self.answers, self.image_ids) if captions else None
         self._order: list[int] = []
+        self._pool = balanced_yes_no(self.questions, self.answers) if balance_yes_no else list(range(len(self.questions)))
         self._by_image: dict[int, list[int]] = {}
         for i, image in enumerate(self.image_ids):
             self._by_image.setdefault(image, []).append(i)
@@ -134,7 +139,7 @@ class SampleStream:
         from PIL import Image
 
         if not self._order:
-            self._order = list(range(len(self.questions)))
+            self._order = list(self._pool)
             self.rng.shuffle(self._order)
         i = self._order.pop()
         image = self.image_ids[i]
@@ -195,6 +200,22 @@ class SampleStream:
         make = {"easyvqa": self._easyvqa, "scene1": lambda: self._tiled(1), "tiles2": lambda: self._tiled(2),
                 "tiles3": lambda: self._tiled(3), "tiles4": lambda: self._tiled(4), "multi": self._multi}[kind]
         return [make() for _ in range(max(1, round(size * KIND_BATCH[kind])))]
+
+
+def balanced_yes_no(questions: list[str], answers: list[str]) -> list[int]:
+    """Question indices with each yes/no phrasing (its first three words) balanced: the rarer answer's questions
+    repeated until they are as many as the commoner's; every other question once."""
+    groups: dict[str, dict[str, list[int]]] = {}
+    out = []
+    for i, (q, a) in enumerate(zip(questions, answers)):
+        if a in ("yes", "no"):
+            groups.setdefault(" ".join(q.lower().split()[:3]), {"yes": [], "no": []})[a].append(i)
+        else:
+            out.append(i)
+    for by_answer in groups.values():
+        rare, common = sorted(by_answer.values(), key=len)
+        out += common + ((rare * (len(common) // len(rare) + 1))[:len(common)] if rare else [])
+    return out
 
 
 def binding_questions(rng: random.Random, scene) -> list[tuple[str, str]] | None:
@@ -374,7 +395,8 @@ def train(model, processor, cfg: TrainConfig, log=print) -> dict:
                                                  captions=True), cfg)
         teacher_losses = train_soft_prompt(model, soft, rows, cfg.teacher_steps, cfg.teacher_lr, log=log)
     model.train()
-    stream = SampleStream(cfg.seed, cfg.mix, cfg.questions, cfg.binding, captions=cfg.captions or bool(cfg.distill))
+    stream = SampleStream(cfg.seed, cfg.mix, cfg.questions, cfg.binding, captions=cfg.captions or bool(cfg.distill),
+                          balance_yes_no=cfg.balance_yes_no)
     history = []
     start = time.perf_counter()
     for step in range(cfg.steps):
