@@ -33,7 +33,7 @@ from zipvl.models.default import IMAGE_TOKEN, build_default_model
 from zipvl.models.text_teacher import SoftPrompt, teacher_user_turn, train_soft_prompt
 from zipvl.models.tower_pretraining import easyvqa_labels
 from zipvl.models.vision import IMAGE_SIZE
-from zipvl.models.vision_training import chat_prompt
+from zipvl.models.vision_training import chat_prompt, padded
 
 QUESTION_TYPES = ("how many", "what color", "what shape", "what is the", "is there a", "is there not", "is there no",
                   "does", "is the", "is no", "are there")
@@ -115,16 +115,14 @@ def main(argv: list[str] | None = None) -> int:
         return chat_prompt(tok, teacher_user_turn(args.soft, text, f"{question} {VQA_SUFFIX}"))
 
     def batches():
-        rows = training_rows(args.task, args.describe, random.Random(f"ceiling-{args.seed}"))
+        draws = training_rows(args.task, args.describe, random.Random(f"ceiling-{args.seed}"))
         while True:
-            batch = [next(rows) for _ in range(args.batch)]
+            batch = [next(draws) for _ in range(args.batch)]
             prompts = [tok(prompt(t, q), add_special_tokens=False)["input_ids"] for t, q, _ in batch]
             targets = [tok(a + "<|im_end|>", add_special_tokens=False)["input_ids"] for _, _, a in batch]
-            width = max(len(x) + len(y) for x, y in zip(prompts, targets))
-            pads = [width - len(x) - len(y) for x, y in zip(prompts, targets)]
-            yield (torch.tensor([x + y + [tok.pad_token_id] * n for x, y, n in zip(prompts, targets, pads)]),
-                   torch.tensor([[-100] * len(x) + y + [-100] * n for x, y, n in zip(prompts, targets, pads)]),
-                   torch.tensor([[1] * (len(x) + len(y)) + [0] * n for x, y, n in zip(prompts, targets, pads)]))
+            rows = [x + y for x, y in zip(prompts, targets)]
+            yield (padded(rows, tok.pad_token_id), padded([[-100] * len(x) + y for x, y in zip(prompts, targets)], -100),
+                   padded([[1] * len(r) for r in rows], 0))
 
     start = time.perf_counter()
     losses = train_soft_prompt(model, soft, batches(), args.steps, args.lr,

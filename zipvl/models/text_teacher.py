@@ -60,12 +60,18 @@ def hidden_match_loss(student: tuple[torch.Tensor, ...], teacher: tuple[torch.Te
     return ((s - t).pow(2).sum(-1) / t.pow(2).sum(-1).clamp_min(1e-6)).mean()
 
 
-def answer_loss(model, soft: SoftPrompt, ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Next-token loss on the labelled tokens of text prompts whose ``<image>`` slots hold the soft prompt."""
-    hidden = model.model.language_model(inputs_embeds=soft(ids), attention_mask=mask).last_hidden_state[:, :-1]
+def labelled_loss(model, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token loss from the LM's last hidden states, the mean over the labelled tokens (needs one); the LM head
+    runs only there, not over the ~1,100 positions of a canvas."""
     target = labels[:, 1:]
     where = target != -100
-    return torch.nn.functional.cross_entropy(model.lm_head(hidden[where]).float(), target[where])
+    return torch.nn.functional.cross_entropy(model.lm_head(hidden[:, :-1][where]).float(), target[where])
+
+
+def answer_loss(model, soft: SoftPrompt, ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Next-token loss on the labelled tokens of text prompts whose ``<image>`` slots hold the soft prompt."""
+    return labelled_loss(model, model.model.language_model(inputs_embeds=soft(ids), attention_mask=mask).last_hidden_state,
+                         labels)
 
 
 def train_soft_prompt(model, soft: SoftPrompt, batches, steps: int, lr: float, log=print) -> list[float]:

@@ -26,7 +26,14 @@ from ..data.scenes import (
     tile_caption,
     tiles,
 )
-from .text_teacher import SoftPrompt, common_suffix, hidden_match_loss, teacher_user_turn, train_soft_prompt
+from .text_teacher import (
+    SoftPrompt,
+    common_suffix,
+    hidden_match_loss,
+    labelled_loss,
+    teacher_user_turn,
+    train_soft_prompt,
+)
 from .tower_pretraining import LabelledTiles, PretrainConfig, easyvqa_labels, pretrain_tower
 from .vision import IMAGE_SIZE, TRAINABLE_PREFIXES
 
@@ -263,7 +270,18 @@ def _turns(tok, s: Sample, caption_turn: bool) -> list[tuple[list[int], str | No
     return [(tok(text, add_special_tokens=False)["input_ids"], target) for text, target in pieces]
 
 
-def _padded(values: list[list[int]], fill: int) -> torch.Tensor:
+def _labelled_row(prompt: list[int], turns: list[tuple[list[int], str | None]]):
+    """The prompt's ids then each turn's, with the answer labels and the caption labels (-100 elsewhere)."""
+    row, label, caption = list(prompt), [-100] * len(prompt), [-100] * len(prompt)
+    for piece, target in turns:
+        row += piece
+        label += piece if target == "answer" else [-100] * len(piece)
+        caption += piece if target == "caption" else [-100] * len(piece)
+    return row, label, caption
+
+
+def padded(values: list[list[int]], fill: int) -> torch.Tensor:
+    """Right-pad token rows to the longest with ``fill``."""
     width = max(len(v) for v in values)
     return torch.tensor([v + [fill] * (width - len(v)) for v in values])
 
@@ -277,19 +295,15 @@ def encode_batch(processor, samples: list[Sample], caption_turn: bool = True) ->
     for s in samples:
         enc = processor(text=chat_prompt(tok, s.prompt), images=s.images, return_tensors="pt")
         ids = enc["input_ids"][0].tolist()
-        row, label, caption = list(ids), [-100] * len(ids), [-100] * len(ids)
-        for piece, target in _turns(tok, s, caption_turn):
-            row += piece
-            label += piece if target == "answer" else [-100] * len(piece)
-            caption += piece if target == "caption" else [-100] * len(piece)
+        row, label, caption = _labelled_row(ids, _turns(tok, s, caption_turn))
         rows.append(row)
         labels.append(label)
         caption_labels.append(caption)
         pixels.append(enc["pixel_values"])
-    out = {"input_ids": _padded(rows, tok.pad_token_id), "attention_mask": _padded([[1] * len(r) for r in rows], 0),
-           "labels": _padded(labels, -100), "pixel_values": torch.cat(pixels)}
+    out = {"input_ids": padded(rows, tok.pad_token_id), "attention_mask": padded([[1] * len(r) for r in rows], 0),
+           "labels": padded(labels, -100), "pixel_values": torch.cat(pixels)}
     if caption_turn and any(s.caption is not None for s in samples):
-        out["caption_labels"] = _padded(caption_labels, -100)
+        out["caption_labels"] = padded(caption_labels, -100)
     return out
 
 
@@ -300,15 +314,12 @@ def encode_teacher(tok, samples: list[Sample], n_soft: int, caption_turn: bool =
     rows, labels = [], []
     for s in samples:
         question = s.prompt.split("\n")[-1]  # every prompt ends with "<question> <VQA_SUFFIX>" on its own line
-        row = tok(chat_prompt(tok, teacher_user_turn(n_soft, s.caption, question)), add_special_tokens=False)["input_ids"]
-        label = [-100] * len(row)
-        for piece, target in _turns(tok, s, caption_turn):
-            row += piece
-            label += piece if target == "answer" else [-100] * len(piece)
+        prompt = tok(chat_prompt(tok, teacher_user_turn(n_soft, s.caption, question)), add_special_tokens=False)
+        row, label, _ = _labelled_row(prompt["input_ids"], _turns(tok, s, caption_turn))
         rows.append(row)
         labels.append(label)
-    return {"input_ids": _padded(rows, tok.pad_token_id), "labels": _padded(labels, -100),
-            "attention_mask": _padded([[1] * len(r) for r in rows], 0)}
+    return {"input_ids": padded(rows, tok.pad_token_id), "labels": padded(labels, -100),
+            "attention_mask": padded([[1] * len(r) for r in rows], 0)}
 
 
 def shared_spans(student: dict, teacher: dict, rows: list[int]) -> list[tuple[int, int, int, int, int]]:
@@ -328,20 +339,13 @@ def student_forward(model, inputs: dict, hidden_states: bool = False):
 
 
 def next_token_loss(model, inputs: dict, caption_weight: float, outputs=None) -> torch.Tensor:
-    """Answer loss + ``caption_weight`` x caption loss, each the mean over its own tokens. The LM head runs only where
-    a label is, not over the ~1,100 positions of a canvas. ``outputs``: :func:`student_forward`'s, if already run."""
+    """Answer loss + ``caption_weight`` x caption loss, each the mean over its own tokens (:func:`labelled_loss`).
+    ``outputs``: :func:`student_forward`'s, if already run."""
     outputs = outputs if outputs is not None else student_forward(model, inputs)
-    hidden = outputs.last_hidden_state[:, :-1]
-    captions = inputs.get("caption_labels")
     total = 0.0
-    for target, weight in ((inputs["labels"], 1.0), (captions, caption_weight)):
-        if target is None:
-            continue
-        target = target[:, 1:]
-        where = target != -100
-        if where.any():
-            logits = model.lm_head(hidden[where]).float()
-            total = total + weight * torch.nn.functional.cross_entropy(logits, target[where])
+    for target, weight in ((inputs["labels"], 1.0), (inputs.get("caption_labels"), caption_weight)):
+        if target is not None and (target[:, 1:] != -100).any():
+            total = total + weight * labelled_loss(model, outputs.last_hidden_state, target)
     return total
 
 
