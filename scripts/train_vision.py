@@ -24,6 +24,7 @@ import torch
 from zipvl.models.default import build_default_model
 from zipvl.models.vision import TOWER, VERSION, WEIGHTS_DIR, feature_select, save_vision
 from zipvl.models.vision_training import KINDS, TrainConfig, fast_bf16, train
+from zipvl.models.word_tiles import save_tile_prompt
 
 # task -> seeded items (zipvl-eval's own tasks). 100 canvases, not 50: at 50 one item is 2 points and the standard
 # error ~6.5 (stage 10 read 0.58 against v7's 0.72 on 50 items, 0.62 against 0.64 on 100)
@@ -59,7 +60,7 @@ def _smooth(values: list[float], k: int) -> list[float]:
 
 
 def plot_loss(history: list[dict], stage1: dict | None, path: Path, batch: int,
-              teacher: list[float] | None = None) -> None:
+              teacher: list[float] | None = None, words: dict | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -71,6 +72,11 @@ def plot_loss(history: list[dict], stage1: dict | None, path: Path, batch: int,
     panels = [(title, f"step (batch {batch} single images, fewer for long prompts)", [h["loss"] for h in history])]
     if teacher:
         panels.insert(0, ("the text teacher's soft prompt (answer loss)", "step", teacher))
+    if words:
+        panels[:0] = [("word tiles 1: the tile prompt through the frozen LM", "step", words["tile_prompt"]),
+                      ("word tiles 2: tower + projector onto the targets (MSE)", "step (batch of tiles)",
+                       [h["loss"] for h in words["align"]])]
+    panels = [x for x in panels if x[2]]  # a stage that did not run (a loaded tile prompt, no answer steps)
     if stage1:
         panels.insert(0, ("stage 1: tower alone (present + shape + colour)", "step (batch of 64 tiles)",
                           [h["loss"] for h in stage1["history"]]))
@@ -129,6 +135,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--teacher-batch", type=int, default=TrainConfig.teacher_batch,
                    help="described samples per soft-prompt step")
     p.add_argument("--teacher-soft", type=int, default=TrainConfig.teacher_soft, help="the teacher's soft-prompt vectors")
+    p.add_argument("--word-tiles", action="store_true",
+                   help="first teach the projector to hand the LM each tile as trained vectors + its caption's own word "
+                        "embeddings (zipvl.models.word_tiles), then the answer-loss steps")
+    p.add_argument("--tile-prompt-steps", type=int, default=TrainConfig.tile_prompt_steps,
+                   help="steps that train the tile prompt through the frozen LM (with --word-tiles)")
+    p.add_argument("--tile-prompt", type=Path, default=None,
+                   help="a tile prompt trained before (vision-VERSION-tile-prompt.safetensors): skip its training")
+    p.add_argument("--align-steps", type=int, default=TrainConfig.align_steps,
+                   help="steps (of --align-batch tiles) that regress tower + projector onto the tile prompt")
+    p.add_argument("--align-batch", type=int, default=TrainConfig.align_batch)
     p.add_argument("--heldout", type=float, default=1.0, help="scale of the held-out check (0: skip)")
     p.add_argument("--out", type=Path, default=WEIGHTS_DIR)
     args = p.parse_args(argv)
@@ -139,7 +155,10 @@ def main(argv: list[str] | None = None) -> int:
                           mix=tuple(args.mix), init=str(args.init) if args.init else None, questions=args.questions,
                           binding=args.binding, captions=args.captions, caption_weight=args.caption_weight,
                           distill=args.distill, teacher_steps=args.teacher_steps, teacher_soft=args.teacher_soft,
-                          teacher_batch=args.teacher_batch, balance_yes_no=args.balance_yes_no)
+                          teacher_batch=args.teacher_batch, balance_yes_no=args.balance_yes_no,
+                          word_tiles=args.word_tiles, tile_prompt=str(args.tile_prompt) if args.tile_prompt else None,
+                          tile_prompt_steps=args.tile_prompt_steps,
+                          align_steps=args.align_steps, align_batch=args.align_batch)
     except ValueError as e:
         p.error(str(e))
     t0 = time.perf_counter()
@@ -166,12 +185,19 @@ def main(argv: list[str] | None = None) -> int:
     if result["teacher"] is not None:  # --distill: the teacher's soft-prompt loss, and the match per step (of the loss)
         card["teacher"] = {"steps": cfg.teacher_steps, "batch": cfg.teacher_batch, "loss": result["teacher"]}
         card["match"] = [round(h["match"], 4) if "match" in h else None for h in history]
+    words = result["word_tiles"]
+    if words is not None:  # --word-tiles: both logs; the tile prompt itself goes beside the weights
+        card["word_tiles"] = {"tile_prompt_loss": words["tile_prompt"],
+                              "align_loss": [round(h["loss"], 5) for h in words["align"]],
+                              "align_cells": [round(h["cells"], 3) for h in words["align"]],
+                              "heldout_cells": words["heldout_cells"]}
+        save_tile_prompt(words["prompt"], args.out / f"vision-{VERSION}-tile-prompt.safetensors")
     if args.init:  # a later stage: record where it started, so the chain back to stage 1 is on file
         init_card = json.loads(args.init.with_suffix(".json").read_text())
         card["init"] = {"weights": args.init.name, "command": init_card["command"],
                         "heldout": init_card.get("heldout")}
     save_vision(model, weights, card)  # weights first: the held-out check below takes minutes
-    plot_loss(history, stage1, args.out / f"vision-{VERSION}-loss.png", cfg.batch, result["teacher"])
+    plot_loss(history, stage1, args.out / f"vision-{VERSION}-loss.png", cfg.batch, result["teacher"], words)
     print(f"wrote {weights} ({weights.stat().st_size / 2**20:.1f} MiB) after {train_s:.0f} s of training", flush=True)
     if args.heldout > 0:
         tasks = {t: max(1, round(n * args.heldout)) for t, n in HELDOUT.items()}

@@ -35,7 +35,15 @@ from .text_teacher import (
     train_soft_prompt,
 )
 from .tower_pretraining import LabelledTiles, PretrainConfig, easyvqa_labels, pretrain_tower
-from .vision import IMAGE_SIZE, TRAINABLE_PREFIXES
+from .vision import IMAGE_SIZE, TOKENS_PER_IMAGE, TRAINABLE_PREFIXES
+from .word_tiles import (
+    TilePrompt,
+    align_tower,
+    heldout_cell_accuracy,
+    load_tile_prompt,
+    tile_cells,
+    train_tile_prompt,
+)
 
 VQA_SUFFIX = "Answer the question using a single word or phrase."  # the eval tasks' prompt (zipvl.eval.tasks)
 IMAGE_MARK = "<image>"
@@ -89,6 +97,18 @@ class TrainConfig:
     teacher_steps: int = 300
     teacher_lr: float = 3e-2
     teacher_batch: int = 16
+    # word tiles (.word_tiles): teach the projector to hand the LM each tile as trained vectors + the caption's own
+    # word embeddings. ``tile_prompt_steps`` train the vectors through the frozen LM on exactly captioned tiles, then
+    # ``align_steps`` regress tower + projector onto those targets (no LM); the answer-loss steps follow
+    word_tiles: bool = False
+    tile_prompt: str | None = None  # a trained tile prompt (save_tile_prompt's file) instead of tile_prompt_steps
+    tile_prompt_steps: int = 250
+    tile_prompt_lr: float = 3e-2
+    tile_prompt_batch: int = 16
+    align_steps: int = 1500
+    align_lr: float = 1e-3
+    align_tower_lr: float = 3e-4
+    align_batch: int = 64
 
     def __post_init__(self):
         if self.binding and self.questions < 2:
@@ -99,6 +119,9 @@ class TrainConfig:
         if self.distill < 0 or (self.distill and self.teacher_steps < 1):
             raise ValueError(f"distill must be >= 0 and needs teacher_steps >= 1 (got distill={self.distill}, "
                              f"teacher_steps={self.teacher_steps})")
+        if self.word_tiles and ((self.tile_prompt_steps < 1 and not self.tile_prompt) or self.align_steps < 1):
+            raise ValueError(f"word_tiles needs tile_prompt_steps >= 1 and align_steps >= 1 (got "
+                             f"{self.tile_prompt_steps}, {self.align_steps})")
 
 
 @dataclass
@@ -398,6 +421,7 @@ def train(model, processor, cfg: TrainConfig, log=print) -> dict:
         rows = teacher_batches(tok, SampleStream(cfg.seed + TEACHER_SEED_OFFSET, cfg.mix, cfg.questions, cfg.binding,
                                                  captions=True), cfg)
         teacher_losses = train_soft_prompt(model, soft, rows, cfg.teacher_steps, cfg.teacher_lr, log=log)
+    words = word_tiles(model, processor, cfg, log) if cfg.word_tiles else None
     model.train()
     stream = SampleStream(cfg.seed, cfg.mix, cfg.questions, cfg.binding, captions=cfg.captions or bool(cfg.distill),
                           balance_yes_no=cfg.balance_yes_no)
@@ -436,10 +460,39 @@ def train(model, processor, cfg: TrainConfig, log=print) -> dict:
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return {"stage1": stage1, "history": history, "teacher": teacher_losses}
+    return {"stage1": stage1, "history": history, "teacher": teacher_losses, "word_tiles": words}
+
+
+def word_tiles(model, processor, cfg: TrainConfig, log=print) -> dict:
+    """Steps 1-2 of :mod:`.word_tiles`: train the tile prompt through the frozen LM on exactly captioned samples (a
+    stream of its own seed), then regress tower + projector onto it. Returns both logs and the tile prompt."""
+    tok = processor.tokenizer
+    if cfg.tile_prompt:  # trained before: only the regression runs
+        prompt = load_tile_prompt(model.get_input_embeddings(), tok, cfg.tile_prompt)
+        losses = []
+    else:
+        prompt = TilePrompt(model.get_input_embeddings(), tok, TOKENS_PER_IMAGE)
+        losses = train_tile_prompt(model, tok.convert_tokens_to_ids(IMAGE_MARK), prompt,
+                                   tile_prompt_batches(processor, cfg), cfg.tile_prompt_steps, cfg.tile_prompt_lr, log=log)
+    align = align_tower(model, processor, prompt, cfg.align_steps, cfg.align_lr, cfg.align_tower_lr, cfg.align_batch,
+                        cfg.seed, cfg.bf16, log=log)
+    cells = heldout_cell_accuracy(model, processor, prompt)
+    log(f"held-out tiles decoded to their caption: {cells}")
+    return {"tile_prompt": losses, "align": align, "prompt": prompt, "heldout_cells": cells}
+
+
+def tile_prompt_batches(processor, cfg: TrainConfig):
+    """Endless (encoded batch, its tiles' cells) of captioned samples, from a stream of its own seed (the answer
+    steps' draws stay the ones their seed alone gives)."""
+    stream = SampleStream(cfg.seed + WORD_TILES_SEED_OFFSET, cfg.mix, cfg.questions, cfg.binding, captions=True)
+    while True:
+        samples = [s for s in stream.batch(cfg.tile_prompt_batch) if s.caption is not None]
+        if samples:  # a batch of unlabelled easy-vqa images has no caption: skip it
+            yield encode_batch(processor, samples, caption_turn=False), [c for s in samples for c in tile_cells(s.caption)]
 
 
 TEACHER_SEED_OFFSET = 1_000_003
+WORD_TILES_SEED_OFFSET = 2_000_003
 
 
 def teacher_batches(tok, stream: SampleStream, cfg: TrainConfig):

@@ -1,0 +1,155 @@
+# SPDX-License-Identifier: Apache-2.0
+"""zipvl.models.word_tiles: tiles as trained vectors + their caption's own word embeddings, the tile prompt's
+training through the frozen LM, and the regression of tower + projector onto it."""
+
+import random
+
+import pytest
+import torch
+
+from zipvl.data.scenes import random_scene, tile_caption
+from zipvl.models.text_teacher import labelled_loss
+from zipvl.models.vision_training import TrainConfig
+from zipvl.models.word_tiles import (
+    EMPTY,
+    TilePrompt,
+    align_tower,
+    candidate_cells,
+    decode_cells,
+    labelled_cells,
+    load_tile_prompt,
+    save_tile_prompt,
+    tile_cells,
+    train_tile_prompt,
+)
+from zipvl.testing import IMAGE_TOKEN, tiny_model
+
+
+class WordTokenizer:
+    """One id per word (a leading space dropped): enough for captions of known words."""
+
+    def __init__(self, words):
+        self.ids = {w: i + 1 for i, w in enumerate(words)}
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [self.ids[w] for w in text.split()]}
+
+
+def test_tile_cells_are_the_captions_tiles_in_raster_order():
+    scene = random_scene(random.Random(3), 2, 3, 56, 3)
+    cells = tile_cells(tile_caption(scene.shapes, 2, 3))
+    assert len(cells) == 6
+    for s in scene.shapes:
+        assert cells[s.tile[0] * 3 + s.tile[1]] == f"{s.color} {s.shape}"
+    assert cells.count(EMPTY) == 3
+
+
+def test_a_tile_is_the_vectors_then_its_captions_word_embeddings_and_only_the_vectors_learn():
+    emb = torch.nn.Embedding(40, 6)
+    emb.requires_grad_(False)
+    tok = WordTokenizer(["red", "circle", "empty"])
+    prompt = TilePrompt(emb, tok, tokens_per_tile=5)
+    tile = prompt.tile("red circle")
+    assert tile.shape == (5, 6)
+    assert torch.equal(tile[:3], prompt.vectors[:3]) and torch.equal(tile[3:], emb.weight[[1, 2]])
+    assert torch.equal(prompt.tile(EMPTY)[4], emb.weight[3]) and torch.equal(prompt.tile(EMPTY)[:4], prompt.vectors[:4])
+    ids = torch.tensor([[30, 39, 39, 39, 39, 39, 31] + [39] * 5 + [32]])
+    x = prompt.fill(ids, ["red circle", EMPTY], image_token_id=39)
+    assert torch.equal(x[0, 1:6], tile) and torch.equal(x[0, 7:12], prompt.tile(EMPTY))
+    assert torch.equal(x[0, [0, 6, 12]], emb.weight[[30, 31, 32]])
+    x.sum().backward()
+    assert prompt.vectors.grad is not None and emb.weight.grad is None
+
+
+def test_labelled_cells_name_colour_and_shape_or_empty():
+    cells = labelled_cells(torch.tensor([1, 0, 1]), torch.tensor([0, -1, 2]), torch.tensor([0, -1, 4]))
+    assert cells == ["red circle", EMPTY, "teal triangle"]
+
+
+def test_nearest_target_decodes_each_cell_and_survives_small_noise():
+    emb = torch.nn.Embedding(40, 16)
+    words = sorted({w for c in candidate_cells() for w in c.split()})
+    prompt = TilePrompt(emb, WordTokenizer(words), tokens_per_tile=8)
+    cells = candidate_cells()
+    exact = torch.stack([prompt.tile(c) for c in cells]).detach()
+    assert decode_cells(prompt, exact) == cells
+    noisy = exact + 0.05 * exact.pow(2).mean().sqrt() * torch.randn(exact.shape, generator=torch.Generator().manual_seed(0))
+    assert decode_cells(prompt, noisy) == cells
+
+
+def test_tile_prompt_training_lowers_the_answer_loss_and_changes_no_model_weight(tmp_path):
+    model = tiny_model("llava")
+    model.requires_grad_(False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    emb = model.get_input_embeddings()
+    prompt = TilePrompt(emb, WordTokenizer(["red", "circle", "empty"]), tokens_per_tile=4)
+    g = torch.Generator().manual_seed(0)
+    text = torch.randint(5, 60, (2, 6), generator=g)
+    ids = torch.cat([torch.full((2, 8), IMAGE_TOKEN), text], 1)  # two tiles per row, then text
+    labels = torch.full_like(ids, -100)
+    labels[:, -3:] = ids[:, -3:]
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    cells = ["red circle", EMPTY, EMPTY, "red circle"]
+
+    def loss():
+        with torch.no_grad():
+            h = model.model.language_model(inputs_embeds=prompt.fill(ids, cells, IMAGE_TOKEN)).last_hidden_state
+            return labelled_loss(model, h, labels).item()
+
+    start = loss()
+    losses = train_tile_prompt(model, IMAGE_TOKEN, prompt, iter(lambda: (inputs, cells), None), 40, 0.1, log=lambda _: None)
+    # a random 3-layer LM barely listens to its prompt: the loss still falls steadily
+    assert len(losses) == 40 and sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.1 and loss() < start - 0.1
+    assert not prompt.vectors.requires_grad
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    save_tile_prompt(prompt, tmp_path / "p.safetensors")
+    again = load_tile_prompt(emb, prompt.tokenizer, tmp_path / "p.safetensors")
+    assert torch.equal(again.tile("red circle"), prompt.tile("red circle"))
+
+
+def test_align_tower_moves_the_projector_onto_the_targets():
+    """A few regression steps on labelled tiles (easy-vqa train images and procedural ones) at the tiny tower's size:
+    the loss falls and only tower + projector change."""
+    from transformers import CLIPImageProcessor
+
+    model = tiny_model("llava")
+    model.requires_grad_(False)
+    lm_before = {k: v.clone() for k, v in model.model.language_model.state_dict().items()}
+    size = model.config.vision_config.image_size
+    processor = type("P", (), {"image_processor": CLIPImageProcessor(size={"shortest_edge": size},
+                                                                     crop_size={"height": size, "width": size})})()
+    words = sorted({w for c in candidate_cells() for w in c.split()})
+    prompt = TilePrompt(model.get_input_embeddings(), WordTokenizer(words), tokens_per_tile=(size // 14) ** 2)
+    prompt.vectors.requires_grad_(False)
+    history = align_tower(model, processor, prompt, steps=40, lr=3e-3, tower_lr=1e-3, batch=16, seed=0, bf16=False,
+                          log=lambda _: None)
+    first, last = (sum(h["loss"] for h in part) / 5 for part in (history[:5], history[-5:]))
+    assert last < 0.75 * first
+    assert all(torch.equal(v, model.model.language_model.state_dict()[k]) for k, v in lm_before.items())
+
+
+def test_word_tiles_need_both_steps():
+    with pytest.raises(ValueError, match="tile_prompt_steps >= 1 and align_steps >= 1"):
+        TrainConfig(word_tiles=True, align_steps=0)
+    assert TrainConfig(word_tiles=False, align_steps=0).align_steps == 0  # unused when off
+
+
+@pytest.mark.slow
+def test_train_script_runs_word_tiles_end_to_end(tmp_path):
+    """Two tile-prompt steps, two regression steps, one answer step on the real LM: the card and the tile prompt."""
+    import json
+    import runpy
+    from pathlib import Path
+
+    from zipvl.models.vision import VERSION, WEIGHTS
+
+    main = runpy.run_path(str(Path(__file__).parents[2] / "scripts" / "train_vision.py"))["main"]
+    assert main(["--init", str(WEIGHTS), "--steps", "1", "--mix", "0", "0", "1", "0", "0", "0", "--word-tiles",
+                 "--tile-prompt-steps", "2", "--align-steps", "2", "--align-batch", "4", "--heldout", "0",
+                 "--threads", "1", "--out", str(tmp_path)]) == 0
+    card = json.loads((tmp_path / f"vision-{VERSION}.json").read_text())
+    assert card["train_config"]["word_tiles"] and len(card["word_tiles"]["tile_prompt_loss"]) == 2
+    assert len(card["word_tiles"]["align_loss"]) == 2 and len(card["loss"]) == 1
+    assert (tmp_path / f"vision-{VERSION}-tile-prompt.safetensors").is_file()
+    cells = card["word_tiles"]["heldout_cells"]
+    assert cells["easyvqa_test_images"] == 512 and cells["canvas_tiles"] >= 512 and 0 <= cells["canvas"] <= 1

@@ -1,0 +1,221 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Word tiles: visual tokens the frozen LM reads as words.
+
+The frozen SmolLM2 answers the vision tasks from a perfect description of each image (easy-vqa 0.985, the
+1,024-visual-token canvas 0.91; ``scripts/frozen_lm_ceiling.py``), while tokens that the answer loss alone shapes
+let it *name* a colour but not *check* one named in the question (docs/vision.md). So here the projector is taught
+to hand the LM each tile in the LM's own vocabulary. A tile's 64 tokens are a target sequence:
+
+    vectors[:64 - n]  +  the LM's input embeddings of " <colour> <shape>" (or " empty"), n of them
+
+``vectors`` are 64 trained vectors shared by every tile (a soft prompt that tells the LM how to read a tile and in
+which form to answer); the last n positions are the caption's word embeddings, exactly. Three steps, LM frozen
+throughout (:func:`zipvl.models.vision_training.train` runs them):
+
+1. :func:`train_tile_prompt` trains ``vectors`` by the answer loss through the frozen LM, on training samples whose
+   tiles are written with their exact captions (no tower involved);
+2. :func:`align_tower` trains tower + projector to output those target sequences for labelled tiles (easy-vqa train
+   images, procedural tiles with one or no object): a regression, no LM, thousands of tiles a minute;
+3. the usual answer-loss stage may follow from there.
+
+The model stays a plain LLaVA: the targets only shape what its projector outputs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from ..data.scenes import COLORS, SHAPES
+from .text_teacher import labelled_loss
+from .tower_pretraining import LabelledTiles, PretrainConfig, patch_tokens
+
+EMPTY = "empty"
+
+
+def tile_cells(caption: str) -> list[str]:
+    """``scenes.tile_caption``'s text split into one cell per tile, raster order ("red circle" / "empty")."""
+    return [cell for row in caption.split("\n") for cell in row.split(", ")]
+
+
+class TilePrompt(torch.nn.Module):
+    """The target token sequence of a tile: trained vectors, then the caption's word embeddings (the LM's own)."""
+
+    def __init__(self, embeddings: torch.nn.Embedding, tokenizer, tokens_per_tile: int):
+        super().__init__()
+        rms = embeddings.weight.pow(2).mean().sqrt()
+        self.vectors = torch.nn.Parameter(torch.randn(tokens_per_tile, embeddings.weight.shape[1]) * rms)
+        self.embeddings, self.tokenizer = embeddings, tokenizer
+        self._ids: dict[str, list[int]] = {}
+
+    def caption_ids(self, cell: str) -> list[int]:
+        if cell not in self._ids:
+            self._ids[cell] = self.tokenizer(" " + cell, add_special_tokens=False)["input_ids"]
+        return self._ids[cell]
+
+    def tile(self, cell: str) -> torch.Tensor:
+        """[tokens_per_tile, d]: what the projector should output for a tile holding ``cell``."""
+        words = self.embeddings(torch.tensor(self.caption_ids(cell))).detach()
+        return torch.cat([self.vectors[: len(self.vectors) - len(words)], words])
+
+    def fill(self, ids: torch.Tensor, cells: list[str], image_token_id: int) -> torch.Tensor:
+        """Input embeddings of ``ids`` with the image slots holding ``cells``' target sequences, in order."""
+        x = self.embeddings(ids)
+        slots = (ids == image_token_id)[..., None]
+        return x.masked_scatter(slots, torch.cat([self.tile(c) for c in cells]).to(x.dtype))
+
+
+def train_tile_prompt(model, image_token_id: int, prompt: TilePrompt, batches, steps: int, lr: float,
+                      log=print) -> list[float]:
+    """Step 1: ``steps`` AdamW steps on ``prompt.vectors`` alone (bf16 autocast), the LM frozen. ``batches`` yields
+    (encoded batch with labels, the cells of its images in order). Returns the loss per step."""
+    opt = torch.optim.AdamW([prompt.vectors], lr=lr, weight_decay=0.0)
+    losses = []
+    for step in range(steps):
+        inputs, cells = next(batches)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            x = prompt.fill(inputs["input_ids"], cells, image_token_id)
+            hidden = model.model.language_model(inputs_embeds=x, attention_mask=inputs["attention_mask"])
+            loss = labelled_loss(model, hidden.last_hidden_state, inputs["labels"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(round(loss.item(), 4))
+        if step % 25 == 0 or step == steps - 1:
+            log(f"tile prompt step {step:4d}  loss {sum(losses[-25:]) / len(losses[-25:]):.3f}")
+    prompt.vectors.requires_grad_(False)
+    return losses
+
+
+def labelled_cells(present: torch.Tensor, shape: torch.Tensor, color: torch.Tensor) -> list[str]:
+    """:class:`LabelledTiles`' labels as caption cells."""
+    colors = list(COLORS)
+    return [f"{colors[c]} {SHAPES[s]}" if p else EMPTY for p, s, c in zip(present.tolist(), shape.tolist(),
+                                                                          color.tolist())]
+
+
+def tile_tokens(model, pixels: torch.Tensor) -> torch.Tensor:
+    """[tiles, 64, d]: the projector's output, what the LM reads for each tile."""
+    return model.model.multi_modal_projector(patch_tokens(model.model.vision_tower, pixels))
+
+
+def target_loss(out: torch.Tensor, target: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Mean squared error per element, in units of the text embeddings' mean square."""
+    return (out.float() - target.float()).pow(2).mean() / scale.pow(2)
+
+
+def align_tower(model, processor, prompt: TilePrompt, steps: int, lr: float, tower_lr: float, batch: int, seed: int,
+                bf16: bool, log=print) -> list[dict]:
+    """Step 2: tower + projector regress each labelled tile's target sequence (cosine lr, AdamW, clip 1). Returns
+    the per-step log (loss; share of tiles whose caption positions decode to the right words)."""
+    torch.manual_seed(seed)
+    size = model.config.vision_config.image_size
+    data = LabelledTiles(processor.image_processor, size, PretrainConfig(seed=seed, scene_fraction=0.6))
+    tower, projector = model.model.vision_tower, model.model.multi_modal_projector
+    opt = torch.optim.AdamW([{"params": list(projector.parameters()), "lr": lr, "base": lr},
+                             {"params": list(tower.parameters()), "lr": tower_lr, "base": tower_lr}],
+                            weight_decay=0.01)
+    params = list(tower.parameters()) + list(projector.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    scale = prompt.embeddings.weight.pow(2).mean().sqrt().detach()
+    history, start = [], time.perf_counter()
+    tower.train()
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = g["base"] * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        pixels, present, shape, color = data.batch(batch)
+        cells = labelled_cells(present, shape, color)
+        target = torch.stack([prompt.tile(c) for c in cells]).detach()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = tile_tokens(model, pixels)
+        loss = target_loss(out, target, scale)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        history.append({"step": step, "loss": loss.item(), "cells": cell_accuracy(prompt, out.detach(), cells)})
+        if step % 100 == 0 or step == steps - 1:
+            recent = history[-100:]
+            log(f"align step {step:5d}  loss {sum(h['loss'] for h in recent) / len(recent):.4f}  cells "
+                f"{sum(h['cells'] for h in recent) / len(recent):.3f}  {time.perf_counter() - start:.0f} s")
+    tower.eval()
+    return history
+
+
+def candidate_cells() -> list[str]:
+    return [EMPTY] + [f"{c} {s}" for c in COLORS for s in SHAPES]
+
+
+@torch.no_grad()
+def decode_cells(prompt: TilePrompt, out: torch.Tensor) -> list[str]:
+    """The candidate cell whose target sequence is nearest each tile's tokens (squared distance over all 64)."""
+    cells = candidate_cells()
+    targets = torch.stack([prompt.tile(c) for c in cells]).float()  # [cells, 64, d]
+    dist = (out.float()[:, None] - targets[None]).pow(2).sum((-1, -2))
+    return [cells[i] for i in dist.argmin(1).tolist()]
+
+
+def cell_accuracy(prompt: TilePrompt, out: torch.Tensor, cells: list[str]) -> float:
+    return sum(a == b for a, b in zip(decode_cells(prompt, out), cells)) / len(cells)
+
+
+def save_tile_prompt(prompt: TilePrompt, path) -> None:
+    """The tile prompt's vectors (fp32): what :func:`decode_cells` compares a trained tower's tokens with."""
+    from safetensors.torch import save_file
+
+    save_file({"vectors": prompt.vectors.detach().float().contiguous()}, str(path))
+
+
+def load_tile_prompt(embeddings: torch.nn.Embedding, tokenizer, path) -> TilePrompt:
+    from safetensors.torch import load_file
+
+    vectors = load_file(str(path))["vectors"]
+    prompt = TilePrompt(embeddings, tokenizer, vectors.shape[0])
+    prompt.vectors.data.copy_(vectors)
+    prompt.vectors.requires_grad_(False)
+    return prompt
+
+
+@torch.no_grad()
+def heldout_cell_accuracy(model, processor, prompt: TilePrompt, n: int = 512, seed: int = 12345) -> dict:
+    """Share of held-out tiles whose tokens decode (:func:`decode_cells`) to their own caption: the first ``n``
+    labelled easy-vqa *test* images, and the tiles of fresh 4 x 4 canvases (``n`` tiles, mostly empty, as in the
+    eval)."""
+    import random
+
+    from easy_vqa import get_test_image_paths, get_test_questions
+    from PIL import Image
+
+    from ..data.scenes import random_canvas, tile_caption, tiles
+    from .tower_pretraining import easyvqa_labels
+
+    proc = processor.image_processor
+    labels = sorted(easyvqa_labels(*get_test_questions()).items())[:n]
+    paths = get_test_image_paths()
+    images = [Image.open(paths[i]).convert("RGB") for i, _ in labels]
+    out = {"easyvqa_test_images": len(images),
+           "easyvqa": _decoded_share(model, prompt, proc, images, [f"{c} {s}" for _, (s, c) in labels])}
+    rng, size = random.Random(seed), model.config.vision_config.image_size
+    canvas_tiles, cells = [], []
+    while len(canvas_tiles) < n:
+        scene = random_canvas(rng, 4, size)
+        canvas_tiles += tiles(scene.render(), size)
+        cells += tile_cells(tile_caption(scene.shapes, 4, 4))
+    out["canvas_tiles"] = len(canvas_tiles)
+    out["canvas"] = _decoded_share(model, prompt, proc, canvas_tiles, cells)
+    objects = [i for i, c in enumerate(cells) if c != EMPTY]
+    out["canvas_object_tiles"] = len(objects)
+    out["canvas_objects"] = _decoded_share(model, prompt, proc, [canvas_tiles[i] for i in objects],
+                                           [cells[i] for i in objects])
+    return out
+
+
+def _decoded_share(model, prompt: TilePrompt, image_processor, images, cells: list[str]) -> float:
+    hits = 0
+    for k in range(0, len(images), 64):
+        pixels = image_processor(images=images[k:k + 64], return_tensors="pt")["pixel_values"]
+        hits += sum(a == b for a, b in zip(decode_cells(prompt, tile_tokens(model, pixels)), cells[k:k + 64]))
+    return round(hits / len(images), 4)
