@@ -74,7 +74,7 @@ def plot_loss(history: list[dict], stage1: dict | None, path: Path, batch: int,
         panels.insert(0, ("the text teacher's soft prompt (answer loss)", "step", teacher))
     if words:
         panels[:0] = [("word tiles 1: the tile prompt through the frozen LM", "step", words["tile_prompt"]),
-                      ("word tiles 2: tower + projector onto the targets (MSE)", "step (batch of tiles)",
+                      ("word tiles 2: tower + projector onto the targets (relative error)", "step (batch of tiles)",
                        [h["loss"] for h in words["align"]])]
     panels = [x for x in panels if x[2]]  # a stage that did not run (a loaded tile prompt, no answer steps)
     if stage1:
