@@ -74,20 +74,27 @@ def answer_loss(model, soft: SoftPrompt, ids: torch.Tensor, labels: torch.Tensor
                          labels)
 
 
-def train_soft_prompt(model, soft: SoftPrompt, batches, steps: int, lr: float, log=print) -> list[float]:
-    """``steps`` AdamW steps on the soft prompt alone (bf16 autocast), the LM frozen; ``batches`` yields
-    (ids, labels, attention mask). Returns the loss per step."""
-    opt = torch.optim.AdamW([soft.vectors], lr=lr, weight_decay=0.0)
+def train_prompt_vectors(vectors: torch.nn.Parameter, batch_loss, batches, steps: int, lr: float, name: str,
+                         log=print) -> list[float]:
+    """``steps`` AdamW steps on ``vectors`` alone (bf16 autocast), the LM frozen: ``batch_loss(next(batches))`` is
+    the loss of a step. Freezes ``vectors`` after; returns the loss per step."""
+    opt = torch.optim.AdamW([vectors], lr=lr, weight_decay=0.0)
     losses = []
     for step in range(steps):
-        ids, labels, mask = next(batches)
+        batch = next(batches)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = answer_loss(model, soft, ids, labels, mask)
+            loss = batch_loss(batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         losses.append(round(loss.item(), 4))
         if step % 25 == 0 or step == steps - 1:
-            log(f"soft prompt step {step:4d}  loss {sum(losses[-25:]) / len(losses[-25:]):.3f}")
-    soft.vectors.requires_grad_(False)
+            log(f"{name} step {step:4d}  loss {sum(losses[-25:]) / len(losses[-25:]):.3f}")
+    vectors.requires_grad_(False)
     return losses
+
+
+def train_soft_prompt(model, soft: SoftPrompt, batches, steps: int, lr: float, log=print) -> list[float]:
+    """The soft prompt's training; ``batches`` yields (ids, labels, attention mask). Returns the loss per step."""
+    return train_prompt_vectors(soft.vectors, lambda batch: answer_loss(model, soft, *batch), batches, steps, lr,
+                                "soft prompt", log)

@@ -29,7 +29,7 @@ import time
 import torch
 
 from ..data.scenes import COLORS, SHAPES
-from .text_teacher import labelled_loss
+from .text_teacher import labelled_loss, train_prompt_vectors
 from .tower_pretraining import LabelledTiles, PretrainConfig, patch_tokens
 
 EMPTY = "empty"
@@ -71,22 +71,14 @@ def train_tile_prompt(model, image_token_id: int, prompt: TilePrompt, batches, s
                       log=print) -> list[float]:
     """Step 1: ``steps`` AdamW steps on ``prompt.vectors`` alone (bf16 autocast), the LM frozen. ``batches`` yields
     (encoded batch with labels, the cells of its images in order). Returns the loss per step."""
-    opt = torch.optim.AdamW([prompt.vectors], lr=lr, weight_decay=0.0)
-    losses = []
-    for step in range(steps):
-        inputs, cells = next(batches)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            x = prompt.fill(inputs["input_ids"], cells, image_token_id)
-            hidden = model.model.language_model(inputs_embeds=x, attention_mask=inputs["attention_mask"])
-            loss = labelled_loss(model, hidden.last_hidden_state, inputs["labels"])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(round(loss.item(), 4))
-        if step % 25 == 0 or step == steps - 1:
-            log(f"tile prompt step {step:4d}  loss {sum(losses[-25:]) / len(losses[-25:]):.3f}")
-    prompt.vectors.requires_grad_(False)
-    return losses
+
+    def batch_loss(batch):
+        inputs, cells = batch
+        x = prompt.fill(inputs["input_ids"], cells, image_token_id)
+        hidden = model.model.language_model(inputs_embeds=x, attention_mask=inputs["attention_mask"])
+        return labelled_loss(model, hidden.last_hidden_state, inputs["labels"])
+
+    return train_prompt_vectors(prompt.vectors, batch_loss, batches, steps, lr, "tile prompt", log)
 
 
 def labelled_cells(present: torch.Tensor, shape: torch.Tensor, color: torch.Tensor) -> list[str]:
