@@ -94,16 +94,17 @@ def tile_tokens(model, pixels: torch.Tensor) -> torch.Tensor:
 
 
 def relative_error(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """||out - target||^2 / ||target||^2 per token ([..., d] -> [...]). Per token, not per element: the trained
-    vectors grow far larger than word embeddings (the LM normalises each token), and a plain MSE would spend
-    itself on them and leave the caption's words, the part that carries the tile, loosely fit."""
+    """||out - target||^2 / ||target||^2 per token ([..., d] -> [...]). Per token, not per element, so the
+    caption's words (the part that carries the tile) weigh as much as the trained vectors, which grow larger than
+    word embeddings (RMS 0.30 against 0.14 after 250 steps; the LM normalises each token anyway)."""
     return (out.float() - target.float()).pow(2).sum(-1) / target.float().pow(2).sum(-1).clamp_min(1e-6)
 
 
 def align_tower(model, processor, prompt: TilePrompt, steps: int, lr: float, tower_lr: float, batch: int, seed: int,
                 bf16: bool, log=print) -> list[dict]:
     """Step 2: tower + a freshly initialised projector regress each labelled tile's target sequence
-    (:func:`relative_error`, cosine lr, AdamW, clip 1). Returns the per-step log (loss; share of the batch's tiles that decode to their own caption)."""
+    (:func:`relative_error`, cosine lr, AdamW, clip 1). Returns the per-step log: the loss, and the share of the
+    batch's tiles that decode to their own caption."""
     torch.manual_seed(seed)
     size = model.config.vision_config.image_size
     data = LabelledTiles(processor.image_processor, size, PretrainConfig(seed=seed, scene_fraction=0.6))
