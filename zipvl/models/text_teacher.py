@@ -43,6 +43,14 @@ def common_suffix(a: list[int], b: list[int]) -> int:
     return n
 
 
+def relative_error(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """||out - target||^2 / ||target||^2 per token ([..., d] -> [...]), in fp32. Per token, not per element: the
+    hidden-state match weighs every position alike, and a word tile's caption words (the part that carries the tile)
+    weigh as much as its trained vectors, which grow larger than word embeddings (RMS 0.30 against 0.14 after 250
+    steps; the LM normalises each token anyway)."""
+    return (out.float() - target.float()).pow(2).sum(-1) / target.float().pow(2).sum(-1).clamp_min(1e-6)
+
+
 def hidden_match_loss(student: tuple[torch.Tensor, ...], teacher: tuple[torch.Tensor, ...],
                       spans: list[tuple[int, int, int, int, int]]) -> torch.Tensor:
     """Mean over layers (after the embeddings) and over the shared positions of ||s - t||^2 / ||t||^2.
@@ -56,8 +64,7 @@ def hidden_match_loss(student: tuple[torch.Tensor, ...], teacher: tuple[torch.Te
             t_rows.append(torch.stack([h[j, t_end - n:t_end] for h in teacher[1:]]))
     if not s_rows:
         return torch.zeros((), device=student[0].device)
-    s, t = torch.cat(s_rows, dim=1).float(), torch.cat(t_rows, dim=1).float()  # [layers, positions, d]
-    return ((s - t).pow(2).sum(-1) / t.pow(2).sum(-1).clamp_min(1e-6)).mean()
+    return relative_error(torch.cat(s_rows, dim=1), torch.cat(t_rows, dim=1)).mean()  # over [layers, positions]
 
 
 def labelled_loss(model, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

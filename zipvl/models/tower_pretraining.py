@@ -118,6 +118,11 @@ def _loss_and_hits(heads, tokens, present, shape, color):
     return loss, hits
 
 
+def warmup_cosine(step: int, steps: int, warmup: int) -> float:
+    """The lr factor of a tile stage: linear warm-up over ``warmup`` steps times a cosine from 1 to 0."""
+    return min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
+
+
 def pretrain_tower(tower, image_processor, image_size: int, cfg: PretrainConfig, log=print) -> dict:
     """Trains ``tower`` (a CLIPVisionModel) in place; returns the log and the accuracy on held-out tiles."""
     torch.manual_seed(cfg.seed)
@@ -128,7 +133,7 @@ def pretrain_tower(tower, image_processor, image_size: int, cfg: PretrainConfig,
     tower.train()
     history, start = [], time.perf_counter()
     for step in range(cfg.steps):
-        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+        lr = cfg.lr * warmup_cosine(step, cfg.steps, cfg.warmup)
         for g in opt.param_groups:
             g["lr"] = lr
         pixels, present, shape, color = data.batch(cfg.batch)
@@ -151,14 +156,20 @@ def pretrain_tower(tower, image_processor, image_size: int, cfg: PretrainConfig,
 @torch.no_grad()
 def heldout_tile_accuracy(tower, heads, image_processor, n: int = 512) -> dict:
     """Head accuracy (shape, colour) on the first ``n`` labelled easy-vqa *test* images (labels from their questions)."""
+    images, labels = heldout_easyvqa_images(n)
+    pixels = image_processor(images=images, return_tensors="pt")["pixel_values"]
+    shape = torch.tensor([SHAPES.index(s) for s, _ in labels])
+    color = torch.tensor([list(COLORS).index(c) for _, c in labels])
+    _, hits = _loss_and_hits(heads, patch_tokens(tower, pixels), torch.ones_like(shape), shape, color)
+    return {"easyvqa_test_images": len(labels), "shape": round(hits["shape"], 4), "color": round(hits["color"], 4)}
+
+
+def heldout_easyvqa_images(n: int) -> tuple[list, list[tuple[str, str]]]:
+    """The first ``n`` labelled easy-vqa *test* images (PIL, unresized: the processor resizes, as in zipvl-eval)
+    and their (shape, colour), read off their own questions."""
     from easy_vqa import get_test_image_paths, get_test_questions
     from PIL import Image
 
     labels = sorted(easyvqa_labels(*get_test_questions()).items())[:n]
     paths = get_test_image_paths()
-    images = [Image.open(paths[i]).convert("RGB") for i, _ in labels]  # the processor resizes, as in zipvl-eval
-    pixels = image_processor(images=images, return_tensors="pt")["pixel_values"]
-    shape = torch.tensor([SHAPES.index(s) for _, (s, _) in labels])
-    color = torch.tensor([list(COLORS).index(c) for _, (_, c) in labels])
-    _, hits = _loss_and_hits(heads, patch_tokens(tower, pixels), torch.ones_like(shape), shape, color)
-    return {"easyvqa_test_images": len(labels), "shape": round(hits["shape"], 4), "color": round(hits["color"], 4)}
+    return [Image.open(paths[i]).convert("RGB") for i, _ in labels], [lab for _, lab in labels]

@@ -23,14 +23,13 @@ The model stays a plain LLaVA: the targets only shape what its projector outputs
 
 from __future__ import annotations
 
-import math
 import time
 
 import torch
 
 from ..data.scenes import COLORS, SHAPES
-from .text_teacher import labelled_loss, train_prompt_vectors
-from .tower_pretraining import LabelledTiles, PretrainConfig, patch_tokens
+from .text_teacher import labelled_loss, relative_error, train_prompt_vectors
+from .tower_pretraining import LabelledTiles, PretrainConfig, heldout_easyvqa_images, patch_tokens, warmup_cosine
 
 EMPTY = "empty"
 
@@ -93,13 +92,6 @@ def tile_tokens(model, pixels: torch.Tensor) -> torch.Tensor:
     return model.model.multi_modal_projector(patch_tokens(model.model.vision_tower, pixels))
 
 
-def relative_error(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """||out - target||^2 / ||target||^2 per token ([..., d] -> [...]). Per token, not per element, so the
-    caption's words (the part that carries the tile) weigh as much as the trained vectors, which grow larger than
-    word embeddings (RMS 0.30 against 0.14 after 250 steps; the LM normalises each token anyway)."""
-    return (out.float() - target.float()).pow(2).sum(-1) / target.float().pow(2).sum(-1).clamp_min(1e-6)
-
-
 def align_tower(model, processor, prompt: TilePrompt, steps: int, lr: float, tower_lr: float, batch: int, seed: int,
                 bf16: bool, log=print) -> list[dict]:
     """Step 2: tower + a freshly initialised projector regress each labelled tile's target sequence
@@ -124,7 +116,7 @@ def align_tower(model, processor, prompt: TilePrompt, steps: int, lr: float, tow
     tower.train()
     for step in range(steps):
         for g in opt.param_groups:
-            g["lr"] = g["base"] * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
+            g["lr"] = g["base"] * warmup_cosine(step, steps, 50)
         pixels, present, shape, color = data.batch(batch)
         cells = labelled_cells(present, shape, color)
         target = torch.stack([prompt.tile(c) for c in cells]).detach()
@@ -186,18 +178,12 @@ def heldout_cell_accuracy(model, processor, prompt: TilePrompt, n: int = 512, se
     eval)."""
     import random
 
-    from easy_vqa import get_test_image_paths, get_test_questions
-    from PIL import Image
-
     from ..data.scenes import random_canvas, tile_caption, tiles
-    from .tower_pretraining import easyvqa_labels
 
     proc = processor.image_processor
-    labels = sorted(easyvqa_labels(*get_test_questions()).items())[:n]
-    paths = get_test_image_paths()
-    images = [Image.open(paths[i]).convert("RGB") for i, _ in labels]
+    images, labels = heldout_easyvqa_images(n)
     out = {"easyvqa_test_images": len(images),
-           "easyvqa": _decoded_share(model, prompt, proc, images, [f"{c} {s}" for _, (s, c) in labels])}
+           "easyvqa": _decoded_share(model, prompt, proc, images, [f"{c} {s}" for s, c in labels])}
     rng, size = random.Random(seed), model.config.vision_config.image_size
     canvas_tiles, cells = [], []
     while len(canvas_tiles) < n:
