@@ -14,6 +14,7 @@ from zipvl.models.word_tiles import (
     EMPTY,
     TilePrompt,
     align_tower,
+    caption_mask,
     candidate_cells,
     decode_cells,
     labelled_cells,
@@ -125,13 +126,26 @@ def test_align_tower_moves_the_projector_onto_the_targets():
                           log=lambda _: None)
     first, last = (sum(h["loss"] for h in part) / 5 for part in (history[:5], history[-5:]))
     assert last < 0.75 * first
+    # the log splits the error into the trained vectors' positions and the caption's, both falling
+    for key in ("vectors", "words"):
+        assert sum(h[key] for h in history[-5:]) < sum(h[key] for h in history[:5])
     assert all(torch.equal(v, model.model.language_model.state_dict()[k]) for k, v in lm_before.items())
 
 
-def test_word_tiles_need_both_steps():
-    with pytest.raises(ValueError, match="tile_prompt_steps >= 1 and align_steps >= 1"):
-        TrainConfig(word_tiles=True, align_steps=0)
+def test_word_tiles_config_needs_a_tile_prompt_and_a_step():
+    with pytest.raises(ValueError, match="tile_prompt_steps >= 1"):
+        TrainConfig(word_tiles=True, tile_prompt_steps=0)  # nothing to align to
+    with pytest.raises(ValueError, match="one of them > 0"):
+        TrainConfig(word_tiles=True, tile_prompt="p.safetensors", tile_prompt_steps=0, align_steps=0)
+    assert TrainConfig(word_tiles=True, tile_prompt="p.safetensors", tile_prompt_steps=0).align_steps > 0
+    assert TrainConfig(word_tiles=True, align_steps=0).tile_prompt_steps > 0  # a tile-prompt stage alone
     assert TrainConfig(word_tiles=False, align_steps=0).align_steps == 0  # unused when off
+
+
+def test_caption_mask_marks_each_tiles_caption_words():
+    prompt = TilePrompt(torch.nn.Embedding(40, 8), WordTokenizer(["red", "circle", "empty"]), tokens_per_tile=6)
+    mask = caption_mask(prompt, ["red circle", "empty"])
+    assert mask.tolist() == [[False] * 4 + [True] * 2, [False] * 5 + [True]]
 
 
 @pytest.mark.slow
@@ -153,3 +167,15 @@ def test_train_script_runs_word_tiles_end_to_end(tmp_path):
     assert (tmp_path / f"vision-{VERSION}-tile-prompt.safetensors").is_file()
     cells = card["word_tiles"]["heldout_cells"]
     assert cells["easyvqa_test_images"] == 512 and cells["canvas_tiles"] >= 512 and 0 <= cells["canvas"] <= 1
+    # a tile-prompt stage alone: continue that tile prompt one step, no regression
+    first = tmp_path / f"vision-{VERSION}-tile-prompt.safetensors"
+    more = tmp_path / "more"
+    assert main(["--init", str(WEIGHTS), "--steps", "0", "--word-tiles", "--tile-prompt", str(first),
+                 "--tile-prompt-steps", "1", "--align-steps", "0", "--heldout", "0", "--threads", "1",
+                 "--out", str(more)]) == 0
+    card = json.loads((more / f"vision-{VERSION}.json").read_text())
+    assert len(card["word_tiles"]["tile_prompt_loss"]) == 1 and card["word_tiles"]["align_loss"] == []
+    from safetensors.torch import load_file
+
+    before, after = (load_file(str(p))["vectors"] for p in (first, more / first.name))
+    assert before.shape == after.shape and not torch.equal(before, after)

@@ -101,13 +101,15 @@ class TrainConfig:
     # word embeddings. ``tile_prompt_steps`` train the vectors through the frozen LM on exactly captioned tiles, then
     # ``align_steps`` regress tower + projector onto those targets (no LM); the answer-loss steps follow
     word_tiles: bool = False
-    tile_prompt: str | None = None  # a trained tile prompt (save_tile_prompt's file) instead of tile_prompt_steps
-    tile_prompt_steps: int = 250
+    tile_prompt: str | None = None  # start from this trained tile prompt (save_tile_prompt's file)
+    tile_prompt_steps: int = 250  # with tile_prompt: more steps on it (0: use it as it is)
     tile_prompt_lr: float = 3e-2
     tile_prompt_batch: int = 16
     align_steps: int = 1500
     align_lr: float = 1e-3
     align_tower_lr: float = 3e-4
+    align_position_lr: float = 3e-2  # the tower's patch position embedding (word_tiles.align_tower says why)
+    align_caption_weight: float = 10.0
     align_batch: int = 64
 
     def __post_init__(self):
@@ -119,9 +121,11 @@ class TrainConfig:
         if self.distill < 0 or (self.distill and self.teacher_steps < 1):
             raise ValueError(f"distill must be >= 0 and needs teacher_steps >= 1 (got distill={self.distill}, "
                              f"teacher_steps={self.teacher_steps})")
-        if self.word_tiles and ((self.tile_prompt_steps < 1 and not self.tile_prompt) or self.align_steps < 1):
-            raise ValueError(f"word_tiles needs tile_prompt_steps >= 1 and align_steps >= 1 (got "
-                             f"{self.tile_prompt_steps}, {self.align_steps})")
+        if self.word_tiles and (self.tile_prompt_steps < (0 if self.tile_prompt else 1) or self.align_steps < 0
+                                or (self.align_steps == 0 and self.tile_prompt_steps == 0)):
+            raise ValueError(f"word_tiles needs tile_prompt_steps >= 1 (>= 0 from a trained tile_prompt), "
+                             f"align_steps >= 0, and one of them > 0 (got tile_prompt_steps={self.tile_prompt_steps}, "
+                             f"align_steps={self.align_steps})")
 
 
 @dataclass
@@ -464,18 +468,22 @@ def train(model, processor, cfg: TrainConfig, log=print) -> dict:
 
 
 def word_tiles(model, processor, cfg: TrainConfig, log=print) -> dict:
-    """Steps 1-2 of :mod:`.word_tiles`: train the tile prompt through the frozen LM on exactly captioned samples (a
-    stream of its own seed), then regress tower + projector onto it. Returns both logs and the tile prompt."""
+    """Steps 1-2 of :mod:`.word_tiles`: train the tile prompt (from ``cfg.tile_prompt`` if given) through the frozen LM
+    on exactly captioned samples (a stream of its own seed), then regress tower + projector onto it (unless
+    ``align_steps`` is 0: a tile-prompt stage alone). Returns both logs and the tile prompt."""
     tok = processor.tokenizer
-    if cfg.tile_prompt:  # trained before: only the regression runs
+    if cfg.tile_prompt:
         prompt = load_tile_prompt(model.get_input_embeddings(), tok, cfg.tile_prompt)
-        losses = []
+        prompt.vectors.requires_grad_(True)
     else:
         prompt = TilePrompt(model.get_input_embeddings(), tok, TOKENS_PER_IMAGE)
-        losses = train_tile_prompt(model, tok.convert_tokens_to_ids(IMAGE_MARK), prompt,
-                                   tile_prompt_batches(processor, cfg), cfg.tile_prompt_steps, cfg.tile_prompt_lr, log=log)
+    losses = train_tile_prompt(model, tok.convert_tokens_to_ids(IMAGE_MARK), prompt, tile_prompt_batches(processor, cfg),
+                               cfg.tile_prompt_steps, cfg.tile_prompt_lr, log=log)
+    prompt.vectors.requires_grad_(False)
+    if cfg.align_steps == 0:
+        return {"tile_prompt": losses, "align": [], "prompt": prompt, "heldout_cells": None}
     align = align_tower(model, processor, prompt, cfg.align_steps, cfg.align_lr, cfg.align_tower_lr, cfg.align_batch,
-                        cfg.seed, cfg.bf16, log=log)
+                        cfg.seed, cfg.bf16, cfg.align_position_lr, cfg.align_caption_weight, log=log)
     cells = heldout_cell_accuracy(model, processor, prompt)
     log(f"held-out tiles decoded to their caption: {cells}")
     return {"tile_prompt": losses, "align": align, "prompt": prompt, "heldout_cells": cells}

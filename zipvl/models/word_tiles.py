@@ -15,8 +15,10 @@ throughout (:func:`zipvl.models.vision_training.train` runs them):
 1. :func:`train_tile_prompt` trains ``vectors`` by the answer loss through the frozen LM, on training samples whose
    tiles are written with their exact captions (no tower involved);
 2. :func:`align_tower` trains tower + projector to output those target sequences for labelled tiles (easy-vqa train
-   images, procedural tiles with one or no object): a regression, no LM, thousands of tiles a minute;
-3. the usual answer-loss stage may follow from there.
+   images, procedural tiles with one or no object): a regression, no LM, thousands of tiles a minute. It has to be
+   near-exact on both parts: the words carry the tile, the vectors tell the LM to read it and to answer in a word
+   (reproduced loosely, the LM answers with sentence openings);
+3. the usual answer-loss stage may follow from there (the shipped v8 needs none).
 
 The model stays a plain LLaVA: the targets only shape what its projector outputs.
 """
@@ -93,10 +95,16 @@ def tile_tokens(model, pixels: torch.Tensor) -> torch.Tensor:
 
 
 def align_tower(model, processor, prompt: TilePrompt, steps: int, lr: float, tower_lr: float, batch: int, seed: int,
-                bf16: bool, log=print) -> list[dict]:
+                bf16: bool, position_lr: float = 3e-2, caption_weight: float = 10.0, log=print) -> list[dict]:
     """Step 2: tower + a freshly initialised projector regress each labelled tile's target sequence
-    (:func:`relative_error`, cosine lr, AdamW, clip 1). Returns the per-step log: the loss, and the share of the
-    batch's tiles that decode to their own caption."""
+    (:func:`relative_error`, the caption's positions weighted ``caption_weight``; cosine lr, AdamW, clip 1).
+    Returns the per-step log: the loss, the error on the trained vectors' and on the caption's positions, and the
+    share of the batch's tiles that decode to their own caption.
+
+    The tower's patch position embedding learns at ``position_lr`` (100x the rest): stage 1 pools the patch tokens,
+    so its tower's last layer no longer tells the patches apart (a linear fit of the vectors from it: relative error
+    0.90; with the patch index added: 0.013), and the 62 position-specific vectors, which teach the LM to read a tile
+    and answer in a word, stayed at 0.94 after 1,200 steps at the tower's lr; at 3e-2 they reach 0.009."""
     torch.manual_seed(seed)
     size = model.config.vision_config.image_size
     data = LabelledTiles(processor.image_processor, size, PretrainConfig(seed=seed, scene_fraction=0.6))
@@ -106,8 +114,11 @@ def align_tower(model, processor, prompt: TilePrompt, steps: int, lr: float, tow
     for layer in projector.modules():
         if isinstance(layer, torch.nn.Linear):
             layer.reset_parameters()
+    position = tower.embeddings.position_embedding.weight
     opt = torch.optim.AdamW([{"params": list(projector.parameters()), "lr": lr, "base": lr},
-                             {"params": list(tower.parameters()), "lr": tower_lr, "base": tower_lr}],
+                             {"params": [position], "lr": position_lr, "base": position_lr},
+                             {"params": [p for p in tower.parameters() if p is not position], "lr": tower_lr,
+                              "base": tower_lr}],
                             weight_decay=0.01)
     params = list(tower.parameters()) + list(projector.parameters())
     for p in params:
@@ -120,20 +131,33 @@ def align_tower(model, processor, prompt: TilePrompt, steps: int, lr: float, tow
         pixels, present, shape, color = data.batch(batch)
         cells = labelled_cells(present, shape, color)
         target = torch.stack([prompt.tile(c) for c in cells]).detach()
+        words = caption_mask(prompt, cells)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             out = tile_tokens(model, pixels)
-        loss = relative_error(out, target).mean()
+        error = relative_error(out, target)
+        weight = torch.where(words, caption_weight, 1.0)
+        loss = (error * weight).sum() / weight.sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        history.append({"step": step, "loss": loss.item(), "cells": cell_accuracy(prompt, out.detach(), cells)})
+        error = error.detach()
+        history.append({"step": step, "loss": loss.item(), "vectors": error[~words].mean().item(),
+                        "words": error[words].mean().item(), "cells": cell_accuracy(prompt, out.detach(), cells)})
         if step % 100 == 0 or step == steps - 1:
-            recent = history[-100:]
-            log(f"align step {step:5d}  loss {sum(h['loss'] for h in recent) / len(recent):.4f}  cells "
-                f"{sum(h['cells'] for h in recent) / len(recent):.3f}  {time.perf_counter() - start:.0f} s")
+            mean = {k: sum(h[k] for h in history[-100:]) / len(history[-100:]) for k in history[-1] if k != "step"}
+            log(f"align step {step:5d}  loss {mean['loss']:.4f}  error: vectors {mean['vectors']:.4f} words "
+                f"{mean['words']:.4f}  cells {mean['cells']:.3f}  {time.perf_counter() - start:.0f} s")
     tower.eval()
     return history
+
+
+def caption_mask(prompt: TilePrompt, cells: list[str]) -> torch.Tensor:
+    """[tiles, tokens_per_tile] bool: True where a tile's target is its caption's words (the last n positions)."""
+    mask = torch.zeros(len(cells), len(prompt.vectors), dtype=torch.bool)
+    for i, cell in enumerate(cells):
+        mask[i, len(prompt.vectors) - len(prompt.caption_ids(cell)):] = True
+    return mask
 
 
 def candidate_cells() -> list[str]:
