@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """The embedded default's vision tower + projector: architecture and the trained weights shipped in the package.
 
-The weights are produced by ``scripts/train_vision.py`` (see ``weights/vision-v6.json`` for the exact command, seed,
-data, loss curve and held-out accuracy) against the frozen SmolLM2 and loaded by the default model builder.
+The weights are produced by ``scripts/train_vision.py`` (see ``weights/vision-VERSION.json`` for the exact command,
+seed, data, loss curve and held-out accuracy) against the frozen SmolLM2 and loaded by the default model builder.
 """
 
 from __future__ import annotations

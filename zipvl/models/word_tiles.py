@@ -18,7 +18,7 @@ throughout (:func:`zipvl.models.vision_training.train` runs them):
    images, procedural tiles with one or no object): a regression, no LM, thousands of tiles a minute. It has to be
    near-exact on both parts: the words carry the tile, the vectors tell the LM to read it and to answer in a word
    (reproduced loosely, the LM answers with sentence openings);
-3. the usual answer-loss stage may follow from there (the shipped v8 needs none).
+3. the usual answer-loss stage may follow from there.
 
 The model stays a plain LLaVA: the targets only shape what its projector outputs.
 """
