@@ -75,8 +75,8 @@ def plot_loss(history: list[dict], stage1: dict | None, path: Path, batch: int,
         panels.insert(0, ("the text teacher's soft prompt (answer loss)", "step", teacher))
     if words:
         panels[:0] = [("word tiles 1: the tile prompt through the frozen LM", "step", words["tile_prompt"]),
-                      ("word tiles 2: tower + projector onto the targets (weighted relative error)", "step (batch of tiles)",
-                       [h["loss"] for h in words["align"]])]
+                      ("word tiles 2: tower + projector onto the targets (weighted relative error)",
+                       "step (batch of tiles)", [h["loss"] for h in words["align"]])]
     panels = [x for x in panels if x[2]]  # a stage that did not run (a loaded tile prompt, no answer steps)
     if stage1:
         panels.insert(0, ("stage 1: tower alone (present + shape + colour)", "step (batch of 64 tiles)",

@@ -477,8 +477,8 @@ def word_tiles(model, processor, cfg: TrainConfig, log=print) -> dict:
         prompt.vectors.requires_grad_(True)
     else:
         prompt = TilePrompt(model.get_input_embeddings(), tok, TOKENS_PER_IMAGE)
-    losses = train_tile_prompt(model, tok.convert_tokens_to_ids(IMAGE_MARK), prompt, tile_prompt_batches(processor, cfg),
-                               cfg.tile_prompt_steps, cfg.tile_prompt_lr, log=log)
+    losses = train_tile_prompt(model, tok.convert_tokens_to_ids(IMAGE_MARK), prompt,
+                               tile_prompt_batches(processor, cfg), cfg.tile_prompt_steps, cfg.tile_prompt_lr, log=log)
     prompt.vectors.requires_grad_(False)
     if cfg.align_steps == 0:
         return {"tile_prompt": losses, "align": [], "prompt": prompt, "heldout_cells": None}

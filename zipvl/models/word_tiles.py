@@ -104,7 +104,8 @@ def align_tower(model, processor, prompt: TilePrompt, steps: int, lr: float, tow
     The tower's patch position embedding learns at ``position_lr`` (100x the rest): stage 1 pools the patch tokens,
     so its tower's last layer no longer tells the patches apart (a linear fit of the vectors from it: relative error
     0.90; with the patch index added: 0.013), and the 62 position-specific vectors, which teach the LM to read a tile
-    and answer in a word, stayed at 0.94 after 1,200 steps at the tower's lr; at 3e-2 they reach 0.009."""
+    and answer in a word, stayed at 0.94 after 1,200 steps at the tower's lr; at 3e-2, 2,400 steps from v7's tower
+    bring them to 0.0027 (docs/vision.md, stage 15)."""
     torch.manual_seed(seed)
     size = model.config.vision_config.image_size
     data = LabelledTiles(processor.image_processor, size, PretrainConfig(seed=seed, scene_fraction=0.6))
