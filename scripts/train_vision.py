@@ -140,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="first teach the projector to hand the LM each tile as trained vectors + its caption's own word "
                         "embeddings (zipvl.models.word_tiles), then the answer-loss steps")
     p.add_argument("--tile-prompt-steps", type=int, default=None,
-                   help=f"steps that train the tile prompt through the frozen LM (with --word-tiles; default "
-                        f"{TrainConfig.tile_prompt_steps}, or 0 from --tile-prompt); its data follow --mix and --seed")
+                   help="steps that train the tile prompt through the frozen LM (with --word-tiles; default 250, or "
+                        "0 from --tile-prompt); its data follow --mix and --seed")
     p.add_argument("--tile-prompt", type=Path, default=None,
                    help="start from a tile prompt trained before (vision-VERSION-tile-prompt.safetensors)")
     p.add_argument("--align-steps", type=int, default=TrainConfig.align_steps,
@@ -160,8 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                           distill=args.distill, teacher_steps=args.teacher_steps, teacher_soft=args.teacher_soft,
                           teacher_batch=args.teacher_batch, balance_yes_no=args.balance_yes_no,
                           word_tiles=args.word_tiles, tile_prompt=str(args.tile_prompt) if args.tile_prompt else None,
-                          tile_prompt_steps=args.tile_prompt_steps if args.tile_prompt_steps is not None else
-                          0 if args.tile_prompt else TrainConfig.tile_prompt_steps,
+                          tile_prompt_steps=args.tile_prompt_steps,
                           align_steps=args.align_steps, align_batch=args.align_batch)
     except ValueError as e:
         p.error(str(e))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from zipvl.data.scenes import random_scene, tile_caption
-from zipvl.models.text_teacher import labelled_loss
+from zipvl.models.text_teacher import labelled_loss, relative_error
 from zipvl.models.vision_training import TrainConfig
 from zipvl.models.word_tiles import (
     EMPTY,
@@ -140,6 +140,21 @@ def test_word_tiles_config_needs_a_tile_prompt_and_a_step():
     assert TrainConfig(word_tiles=True, tile_prompt="p.safetensors", tile_prompt_steps=0).align_steps > 0
     assert TrainConfig(word_tiles=True, align_steps=0).tile_prompt_steps > 0  # a tile-prompt stage alone
     assert TrainConfig(word_tiles=False, align_steps=0).align_steps == 0  # unused when off
+    # the default: a new tile prompt trains 250 steps, a loaded one is used as it is
+    assert TrainConfig(word_tiles=True).tile_prompt_steps == 250
+    assert TrainConfig(word_tiles=True, tile_prompt="p.safetensors").tile_prompt_steps == 0
+
+
+def test_decoding_is_the_nearest_target_by_relative_error():
+    """decode_cells' one-matmul expansion picks what a direct relative_error sum per candidate picks."""
+    words = sorted({w for c in candidate_cells() for w in c.split()})
+    prompt = TilePrompt(torch.nn.Embedding(len(words) + 1, 16), WordTokenizer(words), tokens_per_tile=8)
+    prompt.vectors.requires_grad_(False)
+    targets = torch.stack([prompt.tile(c) for c in candidate_cells()])
+    torch.manual_seed(0)
+    out = targets[torch.randint(len(targets), (200,))] + 0.6 * torch.randn(200, *targets.shape[1:])
+    direct = torch.stack([relative_error(out, t[None]).sum(-1) for t in targets], dim=1).argmin(1)
+    assert decode_cells(prompt, out) == [candidate_cells()[i] for i in direct.tolist()]
 
 
 def test_caption_mask_marks_each_tiles_caption_words():

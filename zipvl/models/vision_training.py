@@ -102,7 +102,7 @@ class TrainConfig:
     # ``align_steps`` regress tower + projector onto those targets (no LM); the answer-loss steps follow
     word_tiles: bool = False
     tile_prompt: str | None = None  # start from this trained tile prompt (save_tile_prompt's file)
-    tile_prompt_steps: int = 250  # with tile_prompt: more steps on it (0: use it as it is)
+    tile_prompt_steps: int | None = None  # None: 250 from scratch, 0 (use it as it is) from a trained tile_prompt
     tile_prompt_lr: float = 3e-2
     tile_prompt_batch: int = 16
     align_steps: int = 1500
@@ -113,6 +113,8 @@ class TrainConfig:
     align_batch: int = 64
 
     def __post_init__(self):
+        if self.tile_prompt_steps is None:
+            object.__setattr__(self, "tile_prompt_steps", 0 if self.tile_prompt else 250)
         if self.binding and self.questions < 2:
             raise ValueError(f"binding={self.binding} needs questions >= 2: each binding negative is asked beside its "
                              f"positive on the same image (got questions={self.questions})")
@@ -479,7 +481,6 @@ def word_tiles(model, processor, cfg: TrainConfig, log=print) -> dict:
         prompt = TilePrompt(model.get_input_embeddings(), tok, TOKENS_PER_IMAGE)
     losses = train_tile_prompt(model, tok.convert_tokens_to_ids(IMAGE_MARK), prompt,
                                tile_prompt_batches(processor, cfg), cfg.tile_prompt_steps, cfg.tile_prompt_lr, log=log)
-    prompt.vectors.requires_grad_(False)
     if cfg.align_steps == 0:
         return {"tile_prompt": losses, "align": [], "prompt": prompt, "heldout_cells": None}
     align = align_tower(model, processor, prompt, cfg.align_steps, cfg.align_lr, cfg.align_tower_lr, cfg.align_batch,
