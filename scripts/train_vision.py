@@ -142,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tile-prompt-steps", type=int, default=None,
                    help="steps that train the tile prompt through the frozen LM (with --word-tiles; default 250, or "
                         "0 from --tile-prompt); its data follow --mix and --seed")
+    p.add_argument("--tile-prompt-lr", type=float, default=TrainConfig.tile_prompt_lr)
+    p.add_argument("--tile-prompt-cosine", action="store_true",
+                   help="the tile prompt's lr falls to 0 along a cosine over its steps (default: constant)")
     p.add_argument("--tile-prompt", type=Path, default=None,
                    help="start from a tile prompt trained before (vision-VERSION-tile-prompt.safetensors)")
     p.add_argument("--align-steps", type=int, default=TrainConfig.align_steps,
@@ -160,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
                           distill=args.distill, teacher_steps=args.teacher_steps, teacher_soft=args.teacher_soft,
                           teacher_batch=args.teacher_batch, balance_yes_no=args.balance_yes_no,
                           word_tiles=args.word_tiles, tile_prompt=str(args.tile_prompt) if args.tile_prompt else None,
-                          tile_prompt_steps=args.tile_prompt_steps,
+                          tile_prompt_steps=args.tile_prompt_steps, tile_prompt_lr=args.tile_prompt_lr,
+                          tile_prompt_cosine=args.tile_prompt_cosine,
                           align_steps=args.align_steps, align_batch=args.align_batch)
     except ValueError as e:
         p.error(str(e))

@@ -2,9 +2,17 @@
 """zipvl.models.text_teacher: the soft prompt, its training, and the hidden-state match the vision path is distilled
 with."""
 
+import itertools
+
 import torch
 
-from zipvl.models.text_teacher import SoftPrompt, common_suffix, hidden_match_loss, train_soft_prompt
+from zipvl.models.text_teacher import (
+    SoftPrompt,
+    common_suffix,
+    hidden_match_loss,
+    train_prompt_vectors,
+    train_soft_prompt,
+)
 from zipvl.models.vision_training import student_forward
 from zipvl.testing import IMAGE_TOKEN, tiny_inputs, tiny_model
 
@@ -98,3 +106,31 @@ def test_train_soft_prompt_lowers_the_answer_loss_and_moves_nothing_else():
     assert len(losses) == 40 and sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.1
     assert not soft.vectors.requires_grad  # frozen for its use as a teacher
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_train_prompt_vectors_cosine_settles_and_fp32_runs_without_autocast():
+    """cosine=True: the steps shrink to ~0 by the end (constant lr keeps stepping at lr); bf16=False: the loss is
+    computed in fp32 (no autocast), as on a CPU without native bf16 matmuls."""
+    target = torch.randn(4, 8, generator=torch.Generator().manual_seed(0))
+
+    def run(cosine: bool, bf16: bool):
+        vectors = torch.nn.Parameter(torch.zeros(4, 8))
+        seen, dtypes = [], []
+
+        def batch_loss(_batch):
+            seen.append(vectors.detach().clone())
+            out = torch.nn.functional.linear(vectors, torch.eye(8))  # a matmul: autocast would make it bf16
+            dtypes.append(out.dtype)
+            return (out.float() - target).pow(2).mean()
+
+        train_prompt_vectors(vectors, batch_loss, iter(lambda: None, 1), 40, 0.05, "t", lambda _s: None, bf16, cosine)
+        steps = [(b - a).abs().max().item() for a, b in itertools.pairwise(seen)]
+        return steps, set(dtypes), vectors
+
+    constant, dtypes, _ = run(cosine=False, bf16=False)
+    assert dtypes == {torch.float32}
+    assert constant[-1] > 0.02  # Adam at a constant lr still moves ~lr per step
+    cosine, dtypes, vectors = run(cosine=True, bf16=True)
+    assert dtypes == {torch.bfloat16}
+    assert cosine[0] < cosine[15] and cosine[-1] < 0.002  # warm-up, then settles
+    assert not vectors.requires_grad

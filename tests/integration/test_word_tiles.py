@@ -186,10 +186,11 @@ def test_train_script_runs_word_tiles_end_to_end(tmp_path):
     first = tmp_path / f"vision-{VERSION}-tile-prompt.safetensors"
     more = tmp_path / "more"
     assert main(["--init", str(WEIGHTS), "--steps", "0", "--word-tiles", "--tile-prompt", str(first),
-                 "--tile-prompt-steps", "1", "--align-steps", "0", "--heldout", "0", "--threads", "1",
-                 "--out", str(more)]) == 0
+                 "--tile-prompt-steps", "1", "--tile-prompt-lr", "0.01", "--tile-prompt-cosine", "--align-steps", "0",
+                 "--heldout", "0", "--threads", "1", "--out", str(more)]) == 0
     card = json.loads((more / f"vision-{VERSION}.json").read_text())
     assert len(card["word_tiles"]["tile_prompt_loss"]) == 1 and card["word_tiles"]["align_loss"] == []
+    assert card["train_config"]["tile_prompt_lr"] == 0.01 and card["train_config"]["tile_prompt_cosine"] is True
     from safetensors.torch import load_file
 
     before, after = (load_file(str(p))["vectors"] for p in (first, more / first.name))

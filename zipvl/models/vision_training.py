@@ -104,6 +104,9 @@ class TrainConfig:
     tile_prompt: str | None = None  # start from this trained tile prompt (save_tile_prompt's file)
     tile_prompt_steps: int | None = None  # None: 250 from scratch, 0 (use it as it is) from a trained tile_prompt
     tile_prompt_lr: float = 3e-2
+    # the tile prompt's lr falls to 0 along a cosine (constant when off, as stages 14-15 trained): at a constant 3e-2
+    # each continuation ended reading best whichever task its last batches held
+    tile_prompt_cosine: bool = False
     tile_prompt_batch: int = 16
     align_steps: int = 1500
     align_lr: float = 1e-3
@@ -426,7 +429,8 @@ def train(model, processor, cfg: TrainConfig, log=print) -> dict:
         # its own stream (seed + TEACHER_SEED_OFFSET): the student's draws stay the ones its seed alone gives
         rows = teacher_batches(tok, SampleStream(cfg.seed + TEACHER_SEED_OFFSET, cfg.mix, cfg.questions, cfg.binding,
                                                  captions=True), cfg)
-        teacher_losses = train_soft_prompt(model, soft, rows, cfg.teacher_steps, cfg.teacher_lr, log=log)
+        teacher_losses = train_soft_prompt(model, soft, rows, cfg.teacher_steps, cfg.teacher_lr, log=log,
+                                           bf16=cfg.bf16)
     words = word_tiles(model, processor, cfg, log) if cfg.word_tiles else None
     model.train()
     stream = SampleStream(cfg.seed, cfg.mix, cfg.questions, cfg.binding, captions=cfg.captions or bool(cfg.distill),
@@ -480,7 +484,8 @@ def word_tiles(model, processor, cfg: TrainConfig, log=print) -> dict:
     else:
         prompt = TilePrompt(model.get_input_embeddings(), tok, TOKENS_PER_IMAGE)
     losses = train_tile_prompt(model, tok.convert_tokens_to_ids(IMAGE_MARK), prompt,
-                               tile_prompt_batches(processor, cfg), cfg.tile_prompt_steps, cfg.tile_prompt_lr, log=log)
+                               tile_prompt_batches(processor, cfg), cfg.tile_prompt_steps, cfg.tile_prompt_lr, log=log,
+                               bf16=cfg.bf16, cosine=cfg.tile_prompt_cosine)
     if cfg.align_steps == 0:
         return {"tile_prompt": losses, "align": [], "prompt": prompt, "heldout_cells": None}
     align = align_tower(model, processor, prompt, cfg.align_steps, cfg.align_lr, cfg.align_tower_lr, cfg.align_batch,

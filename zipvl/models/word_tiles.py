@@ -69,9 +69,9 @@ class TilePrompt(torch.nn.Module):
 
 
 def train_tile_prompt(model, image_token_id: int, prompt: TilePrompt, batches, steps: int, lr: float,
-                      log=print) -> list[float]:
-    """Step 1: ``steps`` AdamW steps on ``prompt.vectors`` alone (bf16 autocast), the LM frozen. ``batches`` yields
-    (encoded batch with labels, the cells of its images in order). Returns the loss per step."""
+                      log=print, bf16: bool = True, cosine: bool = False) -> list[float]:
+    """Step 1: ``steps`` AdamW steps on ``prompt.vectors`` alone, the LM frozen (:func:`train_prompt_vectors`).
+    ``batches`` yields (encoded batch with labels, the cells of its images in order). Returns the loss per step."""
 
     def batch_loss(batch):
         inputs, cells = batch
@@ -79,7 +79,7 @@ def train_tile_prompt(model, image_token_id: int, prompt: TilePrompt, batches, s
         hidden = model.model.language_model(inputs_embeds=x, attention_mask=inputs["attention_mask"])
         return labelled_loss(model, hidden.last_hidden_state, inputs["labels"])
 
-    return train_prompt_vectors(prompt.vectors, batch_loss, batches, steps, lr, "tile prompt", log)
+    return train_prompt_vectors(prompt.vectors, batch_loss, batches, steps, lr, "tile prompt", log, bf16, cosine)
 
 
 def labelled_cells(present: torch.Tensor, shape: torch.Tensor, color: torch.Tensor) -> list[str]:
