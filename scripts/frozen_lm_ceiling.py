@@ -33,7 +33,7 @@ from zipvl.models.default import IMAGE_TOKEN, build_default_model
 from zipvl.models.text_teacher import SoftPrompt, teacher_user_turn, train_soft_prompt
 from zipvl.models.tower_pretraining import easyvqa_labels
 from zipvl.models.vision import IMAGE_SIZE
-from zipvl.models.vision_training import chat_prompt, padded
+from zipvl.models.vision_training import chat_prompt, fast_bf16, padded
 
 QUESTION_TYPES = ("how many", "what color", "what shape", "what is the", "is there a", "is there not", "is there no",
                   "does", "is the", "is no", "are there")
@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     losses = train_soft_prompt(model, soft, batches(), args.steps, args.lr,
-                               log=lambda s: print(f"{s}  {time.perf_counter() - start:.0f} s", flush=True))
+                               log=lambda s: print(f"{s}  {time.perf_counter() - start:.0f} s", flush=True),
+                               bf16=fast_bf16())  # autocast only where the CPU has native bf16 matmuls
 
     by_type: dict[str, list[float]] = defaultdict(list)
     with torch.no_grad():
