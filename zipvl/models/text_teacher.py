@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from .default import IMAGE_TOKEN
+from .tower_pretraining import warmup_cosine
 
 
 class SoftPrompt(torch.nn.Module):
@@ -88,8 +89,6 @@ def train_prompt_vectors(vectors: torch.nn.Parameter, batch_loss, batches, steps
     1,100-token forward on an AVX2 EPYC). ``cosine``: the lr falls from ``lr`` to 0 over the steps (10 warm-up), so
     a continuation settles instead of ending wherever the last batches pushed it. Freezes ``vectors`` after; returns
     the loss per step."""
-    from .tower_pretraining import warmup_cosine
-
     opt = torch.optim.AdamW([vectors], lr=lr, weight_decay=0.0)
     losses = []
     for step in range(steps):
