@@ -23,7 +23,7 @@ import torch
 
 from zipvl.models.default import build_default_model
 from zipvl.models.vision import TOWER, VERSION, WEIGHTS_DIR, feature_select, save_vision
-from zipvl.models.vision_training import KINDS, TrainConfig, fast_bf16, train
+from zipvl.models.vision_training import KINDS, NEW_TILE_PROMPT_STEPS, TrainConfig, fast_bf16, train
 from zipvl.models.word_tiles import save_tile_prompt
 
 # task -> seeded items (zipvl-eval's own tasks): the sample sizes for the bar (easy-vqa >= 500 questions).
@@ -140,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="first teach the projector to hand the LM each tile as trained vectors + its caption's own word "
                         "embeddings (zipvl.models.word_tiles), then the answer-loss steps")
     p.add_argument("--tile-prompt-steps", type=int, default=None,
-                   help="steps that train the tile prompt through the frozen LM (with --word-tiles; default 250, or "
-                        "0 from --tile-prompt); its data follow --mix and --seed")
+                   help=f"steps that train the tile prompt through the frozen LM (with --word-tiles; default "
+                        f"{NEW_TILE_PROMPT_STEPS}, or 0 from --tile-prompt); its data follow --mix and --seed")
     p.add_argument("--tile-prompt-lr", type=float, default=TrainConfig.tile_prompt_lr)
     p.add_argument("--tile-prompt-cosine", action="store_true",
                    help="the tile prompt's lr falls to 0 along a cosine over its steps (default: constant)")

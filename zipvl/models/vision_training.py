@@ -57,6 +57,9 @@ KINDS = ("easyvqa", "scene1", "tiles2", "tiles3", "tiles4", "multi")
 KIND_BATCH = {"easyvqa": 1.0, "scene1": 1.0, "tiles2": 0.5, "tiles3": 0.25, "tiles4": 0.125, "multi": 0.5}
 
 
+NEW_TILE_PROMPT_STEPS = 250  # TrainConfig.tile_prompt_steps when it is None and no trained tile prompt is given
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     steps: int = 640
@@ -102,7 +105,8 @@ class TrainConfig:
     # ``align_steps`` regress tower + projector onto those targets (no LM); the answer-loss steps follow
     word_tiles: bool = False
     tile_prompt: str | None = None  # start from this trained tile prompt (save_tile_prompt's file)
-    tile_prompt_steps: int | None = None  # None: 250 from scratch, 0 (use it as it is) from a trained tile_prompt
+    # None: NEW_TILE_PROMPT_STEPS from scratch, 0 (use it as it is) from a trained tile_prompt
+    tile_prompt_steps: int | None = None
     tile_prompt_lr: float = 3e-2
     # the tile prompt's lr falls to 0 along a cosine (constant when off, as stages 14-15 trained): at a constant 3e-2
     # each continuation ended reading best whichever task its last batches held
@@ -117,7 +121,7 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.tile_prompt_steps is None:
-            object.__setattr__(self, "tile_prompt_steps", 0 if self.tile_prompt else 250)
+            object.__setattr__(self, "tile_prompt_steps", 0 if self.tile_prompt else NEW_TILE_PROMPT_STEPS)
         if self.binding and self.questions < 2:
             raise ValueError(f"binding={self.binding} needs questions >= 2: each binding negative is asked beside its "
                              f"positive on the same image (got questions={self.questions})")
