@@ -28,15 +28,12 @@ import torch
 from zipvl.data.scenes import Shape, random_canvas, scene_question, tile_caption
 from zipvl.eval import TaskOptions
 from zipvl.eval.metrics import vqa_score
-from zipvl.eval.tasks import VQA_SUFFIX, make_items
+from zipvl.eval.tasks import VQA_SUFFIX, make_items, question_type
 from zipvl.models.default import IMAGE_TOKEN, build_default_model
 from zipvl.models.text_teacher import SoftPrompt, teacher_user_turn, train_soft_prompt
 from zipvl.models.tower_pretraining import easyvqa_labels
 from zipvl.models.vision import IMAGE_SIZE
 from zipvl.models.vision_training import chat_prompt, fast_bf16, padded
-
-QUESTION_TYPES = ("how many", "what color", "what shape", "what is the", "is there a", "is there not", "is there no",
-                  "does", "is the", "is no", "are there")
 
 
 def describe(objects: list[dict], style: str, side: int = 4) -> str:
@@ -45,11 +42,6 @@ def describe(objects: list[dict], style: str, side: int = 4) -> str:
     if style == "list":
         return "The image shows " + ", ".join(f"a {o['color']} {o['shape']}" for o in objects) + "."
     return tile_caption([Shape(o["shape"], o["color"], tuple(o["tile"])) for o in objects], side, side)
-
-
-def question_type(question: str, answer: str) -> str:
-    kind = next((k for k in QUESTION_TYPES if question.lower().startswith(k)), "other")
-    return f"{kind} ({answer})" if kind == "is there a" else kind
 
 
 def training_rows(task: str, style: str, rng: random.Random):
@@ -80,7 +72,6 @@ def heldout_rows(task: str, style: str, tokenizer, limit: int):
         questions, answers, images = get_test_questions()
         labels = easyvqa_labels(questions, answers, images)
     for item in items:
-        question = item.prompt.split("\n")[-1].removesuffix(" " + VQA_SUFFIX)
         if task == "easyvqa":
             label = labels.get(images[item.meta["question_index"]])
             if label is None:
@@ -88,7 +79,7 @@ def heldout_rows(task: str, style: str, tokenizer, limit: int):
             text = describe([{"shape": label[0], "color": label[1]}], "list")
         else:
             text = describe(item.meta["objects"], style)
-        yield text, question, item.answers
+        yield text, item.question, item.answers
 
 
 def main(argv: list[str] | None = None) -> int:

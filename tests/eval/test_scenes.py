@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from zipvl.data.scenes import COLORS, NUMBERS, SHAPES, random_scene, scene_question, tile_caption, tiles
-from zipvl.eval.tasks import IMAGE_MARK, TaskOptions, make_items
+from zipvl.eval.tasks import IMAGE_MARK, VQA_SUFFIX, TaskOptions, make_items, question_type
 
 
 def _has_color(img, rgb, tol=8) -> bool:
@@ -70,6 +70,22 @@ def test_answers_follow_from_the_scene():
     assert seen >= {"what", "how", "isyes", "isno"}
 
 
+def test_question_type_names_a_question_by_its_phrasing():
+    """The per-type rows of the training card's held-out check: each generated question by its first words ("is there
+    a" split by the answer), easy-vqa's negations apart from "is the", anything else "other"."""
+    rng = random.Random(1)
+    by_first_words = {"how many": "how many", "what color": "what color", "what is": "what is the"}
+    for _ in range(200):
+        q, a = scene_question(rng, random_scene(rng, 4, 4, 112, rng.randint(1, 3)))
+        first = " ".join(q.split()[:2])
+        assert question_type(q, a) == by_first_words.get(first, f"is there a ({a})"), (q, a)
+    assert question_type("Is there not a red circle in the image?", "no") == "is there not"
+    assert question_type("is there no triangle?", "yes") == "is there no"
+    assert question_type("Is the shape blue?", "yes") == "is the"
+    assert question_type("Does the image contain a circle?", "no") == "does"
+    assert question_type("Name the shape.", "circle") == "other"
+
+
 @pytest.mark.parametrize("task,tiles_per_item", [("scenes", 4), ("scenes_long", 16), ("multi_image", 4)])
 def test_scene_tasks(task, tiles_per_item, tmp_path, monkeypatch):
     monkeypatch.setenv("ZIPVL_CACHE", str(tmp_path))
@@ -79,5 +95,7 @@ def test_scene_tasks(task, tiles_per_item, tmp_path, monkeypatch):
     for item in items:
         assert len(item.images) == tiles_per_item and item.prompt.count(IMAGE_MARK) == tiles_per_item
         assert item.scorer == "vqa" and len(item.answers) == 1
+        assert item.prompt.endswith(f"\n{item.question} {VQA_SUFFIX}") and VQA_SUFFIX not in item.question
+        assert question_type(item.question, item.answers[0]) != "other"
         if task == "multi_image":
             assert "how many" not in item.prompt

@@ -74,3 +74,26 @@ def test_trained_vision_answers_the_demo_image(default_model):
     for config in (None, ZipVLConfig(tau=0.975)):
         text = generate(model, processor, inputs, max_new_tokens=4, config=config).text[0]
         assert text.strip().rstrip(".").lower() == "yellow", (config, text)
+
+
+def test_heldout_check_reports_accuracy_per_question_phrasing(default_model):
+    """The training card's held-out check (scripts/train_vision.py) breaks each task's accuracy down by question
+    phrasing: the rows cover every item, name each item's phrasing, and average back to the task's accuracy."""
+    import runpy
+    from collections import Counter
+    from pathlib import Path
+
+    from zipvl.eval.tasks import TaskOptions, make_items, question_type
+
+    heldout_accuracy = runpy.run_path(str(Path(__file__).parents[2] / "scripts" / "train_vision.py"))[
+        "heldout_accuracy"]
+    model, processor = default_model
+    tasks = {"easyvqa": 6, "scenes": 4}
+    out = heldout_accuracy(model, processor, 0, tasks)
+    for task, n in tasks.items():
+        rows = out[task]["by_type"]
+        items = make_items(task, None, TaskOptions(limit=n, seed=0))
+        assert {k: v["items"] for k, v in rows.items()} == dict(Counter(question_type(i.question, i.answers[0])
+                                                                        for i in items))
+        mean = sum(v["items"] * v["accuracy"] for v in rows.values()) / n
+        assert abs(mean - out[task]["accuracy"]) < 0.01, (rows, out[task])

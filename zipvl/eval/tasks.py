@@ -43,6 +43,19 @@ PHOTO_KEYWORDS = {
 VQA_SUFFIX = "Answer the question using a single word or phrase."
 
 
+# The phrasings of the vision tasks' questions (easy-vqa's and the generated scenes'), for per-type accuracy; where one
+# is a prefix of another ("is the" / "is there a"), the longer comes first.
+QUESTION_TYPES = ("how many", "what color", "what shape", "what is the", "is there a", "is there not", "is there no",
+                  "does", "is the", "is no", "are there")
+
+
+def question_type(question: str, answer: str) -> str:
+    """The phrasing ``question`` starts with ("other" if none); "is there a" is split by its answer, since the model
+    reads its yes and its no differently."""
+    kind = next((k for k in QUESTION_TYPES if question.lower().startswith(k)), "other")
+    return f"{kind} ({answer})" if kind == "is there a" else kind
+
+
 @dataclass
 class Item:
     """One prompt. ``focus``: a substring of the prompt whose tokens are tracked per layer (the needle's answer)."""
@@ -55,6 +68,11 @@ class Item:
     images: list[str] = field(default_factory=list)  # file paths or skimage:<name>
     meta: dict = field(default_factory=dict)
     focus: str | None = None
+
+    @property
+    def question(self) -> str:
+        """The question a VQA item asks: its prompt's last line, without the answer-format suffix."""
+        return self.prompt.rsplit("\n", 1)[-1].removesuffix(VQA_SUFFIX).strip()
 
 
 @dataclass
