@@ -20,7 +20,6 @@ import json
 import random
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -28,7 +27,7 @@ import torch
 from zipvl.data.scenes import Shape, random_canvas, scene_question, tile_caption
 from zipvl.eval import TaskOptions
 from zipvl.eval.metrics import vqa_score
-from zipvl.eval.tasks import VQA_SUFFIX, make_items, question_type
+from zipvl.eval.tasks import VQA_SUFFIX, accuracy_by_type, make_items, question_type
 from zipvl.models.default import IMAGE_TOKEN, build_default_model
 from zipvl.models.text_teacher import SoftPrompt, teacher_user_turn, train_soft_prompt
 from zipvl.models.tower_pretraining import easyvqa_labels
@@ -120,19 +119,19 @@ def main(argv: list[str] | None = None) -> int:
                                log=lambda s: print(f"{s}  {time.perf_counter() - start:.0f} s", flush=True),
                                bf16=fast_bf16())  # autocast only where the CPU has native bf16 matmuls
 
-    by_type: dict[str, list[float]] = defaultdict(list)
+    typed_scores = []
     with torch.no_grad():
         for text, question, answers in heldout_rows(args.task, args.describe, tok, args.limit):
             ids = torch.tensor([tok(prompt(text, question), add_special_tokens=False)["input_ids"]])
             out = model.generate(inputs_embeds=soft(ids), attention_mask=torch.ones_like(ids), max_new_tokens=4,
                                  do_sample=False)
-            by_type[question_type(question, answers[0])].append(vqa_score(tok.decode(out[0], skip_special_tokens=True),
-                                                                          answers))
-    scores = [s for v in by_type.values() for s in v]
+            typed_scores.append((question_type(question, answers[0]),
+                                 vqa_score(tok.decode(out[0], skip_special_tokens=True), answers)))
+    scores = [s for _, s in typed_scores]
     result = {"command": "python scripts/frozen_lm_ceiling.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "task": args.task, "describe": args.describe if args.task == "scenes_long" else "list",
               "items": len(scores), "accuracy": round(sum(scores) / len(scores), 4),
-              "by_type": {k: {"items": len(v), "accuracy": round(sum(v) / len(v), 3)} for k, v in sorted(by_type.items())},
+              "by_type": accuracy_by_type(typed_scores),
               "seconds": round(time.perf_counter() - start, 1), "loss": losses}
     print(json.dumps({k: v for k, v in result.items() if k != "loss"}), flush=True)
     if args.out:

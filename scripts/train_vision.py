@@ -39,11 +39,11 @@ def heldout_accuracy(model, processor, seed: int, tasks: dict[str, int]) -> dict
     them, with the majority answer's accuracy beside each, and the accuracy per question phrasing (a seeded sample's
     answers can be skewed: the canvas's 18 count questions have "two" for 14, so the count row shows what a total
     hides)."""
-    from collections import Counter, defaultdict
+    from collections import Counter
 
     from zipvl.eval import EvalSettings, TaskOptions
     from zipvl.eval.evaluate import evaluate_items
-    from zipvl.eval.tasks import make_items, question_type
+    from zipvl.eval.tasks import accuracy_by_type, make_items, question_type
 
     out = {}
     settings = EvalSettings(taus=(), baselines=(), max_new_tokens=4, seed=seed)
@@ -54,11 +54,8 @@ def heldout_accuracy(model, processor, seed: int, tasks: dict[str, int]) -> dict
         majority, count = answers.most_common(1)[0]
         out[task] = {"items": n, "sample_seed": seed, "accuracy": result["methods"]["dense"]["summary"]["accuracy"],
                      "majority_answer": majority, "majority_accuracy": count / n}
-        by_type = defaultdict(list)
-        for item, record in zip(items, result["methods"]["dense"]["items"]):
-            by_type[question_type(item.question, item.answers[0])].append(record["score"])
-        out[task]["by_type"] = {kind: {"items": len(s), "accuracy": round(sum(s) / len(s), 3)}
-                                for kind, s in sorted(by_type.items())}
+        out[task]["by_type"] = accuracy_by_type((question_type(item.question, item.answers[0]), record["score"])
+                                                for item, record in zip(items, result["methods"]["dense"]["items"]))
         print(f"held-out {task}: {json.dumps(out[task])}", flush=True)
     return out
 

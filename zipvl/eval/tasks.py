@@ -56,6 +56,14 @@ def question_type(question: str, answer: str) -> str:
     return f"{kind} ({answer})" if kind == "is there a" else kind
 
 
+def accuracy_by_type(typed_scores) -> dict[str, dict]:
+    """(question type, score) pairs -> {type: {"items", "accuracy" (3 decimals)}}, types sorted."""
+    groups: dict[str, list[float]] = {}
+    for kind, score in typed_scores:
+        groups.setdefault(kind, []).append(score)
+    return {k: {"items": len(v), "accuracy": round(sum(v) / len(v), 3)} for k, v in sorted(groups.items())}
+
+
 @dataclass
 class Item:
     """One prompt. ``focus``: a substring of the prompt whose tokens are tracked per layer (the needle's answer)."""
