@@ -103,6 +103,22 @@ def plot_loss(history: list[dict], stage1: dict | None, path: Path, batch: int,
     plt.close(fig)
 
 
+def check(weights: Path, scale: float, threads: int) -> int:
+    """The held-out check of weights trained with ``--heldout 0``, written into their card (``heldout``, and the
+    command that wrote it: ``heldout_command``)."""
+    from zipvl.models.vision import load_vision
+
+    torch.set_num_threads(threads)
+    model, processor = build_default_model(trained=False, select=feature_select(weights))
+    card = load_vision(model, weights)  # a clear error if the file is missing or does not fit the tower
+    model.eval()
+    tasks = {t: max(1, round(n * scale)) for t, n in HELDOUT.items()}
+    card["heldout"] = heldout_accuracy(model, processor, HELDOUT_SEED, tasks)
+    card["heldout_command"] = f"python scripts/train_vision.py --check {weights.name} --heldout {scale:g}"
+    weights.with_suffix(".json").write_text(json.dumps(card, indent=1) + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=TrainConfig.steps)
@@ -155,9 +171,26 @@ def main(argv: list[str] | None = None) -> int:
                    help="steps (of --align-batch tiles) that regress tower + projector onto the tile prompt (0: train "
                         "the tile prompt only)")
     p.add_argument("--align-batch", type=int, default=TrainConfig.align_batch)
+    p.add_argument("--align-lr", type=float, default=TrainConfig.align_lr, help="the regression's projector lr")
+    p.add_argument("--align-tower-lr", type=float, default=TrainConfig.align_tower_lr,
+                   help="the regression's tower lr, but for its patch position embedding's")
+    p.add_argument("--align-position-lr", type=float, default=TrainConfig.align_position_lr,
+                   help="the regression's lr for the tower's patch position embedding")
+    p.add_argument("--align-overviews", type=float, default=TrainConfig.align_overview_fraction,
+                   help="share of each regression batch that is canvas overviews, captioned with their object count")
+    p.add_argument("--align-keep-projector", action="store_true",
+                   help="continue the regression of a word-tile model (--init) with its own projector (default: a "
+                        "fresh one)")
     p.add_argument("--heldout", type=float, default=1.0, help="scale of the held-out check (0: skip)")
+    p.add_argument("--check", type=Path, default=None, metavar="WEIGHTS",
+                   help="train nothing: run the held-out check (--heldout's scale, --threads) on saved weights and "
+                        "write it into their card")
     p.add_argument("--out", type=Path, default=WEIGHTS_DIR)
     args = p.parse_args(argv)
+    if args.check:
+        if args.heldout <= 0 or not args.check.is_file():
+            p.error(f"--check needs --heldout > 0 and a weights file (got --heldout {args.heldout}, {args.check})")
+        return check(args.check, args.heldout, args.threads)
     bf16 = fast_bf16() if args.bf16 == "auto" else args.bf16 == "on"
     try:
         cfg = TrainConfig(bf16=bf16, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads,
@@ -169,7 +202,10 @@ def main(argv: list[str] | None = None) -> int:
                           word_tiles=args.word_tiles, tile_prompt=str(args.tile_prompt) if args.tile_prompt else None,
                           tile_prompt_steps=args.tile_prompt_steps, tile_prompt_lr=args.tile_prompt_lr,
                           tile_prompt_cosine=args.tile_prompt_cosine,
-                          align_steps=args.align_steps, align_batch=args.align_batch)
+                          align_steps=args.align_steps, align_batch=args.align_batch, align_lr=args.align_lr,
+                          align_tower_lr=args.align_tower_lr, align_position_lr=args.align_position_lr,
+                          align_overview_fraction=args.align_overviews,
+                          align_fresh_projector=not args.align_keep_projector)
     except ValueError as e:
         p.error(str(e))
     t0 = time.perf_counter()
@@ -202,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         card["word_tiles"] = {"tile_prompt_loss": words["tile_prompt"],
                               "align_loss": [round(h["loss"], 5) for h in words["align"]],
                               "align_cells": [round(h["cells"], 3) for h in words["align"]],
+                              "align_overviews": [round(h["overviews"], 3) for h in words["align"] if "overviews" in h],
                               "align_error_vectors": [round(h["vectors"], 5) for h in words["align"]],
                               "align_error_words": [round(h["words"], 5) for h in words["align"]],
                               "heldout_cells": words["heldout_cells"]}

@@ -6,7 +6,19 @@ import random
 import numpy as np
 import pytest
 
-from zipvl.data.scenes import COLORS, NUMBERS, SHAPES, random_scene, scene_question, tile_caption, tiles
+from zipvl.data.scenes import (
+    COLORS,
+    NUMBERS,
+    SHAPES,
+    canvas_caption,
+    canvas_images,
+    canvas_marks,
+    random_canvas,
+    random_scene,
+    scene_question,
+    tile_caption,
+    tiles,
+)
 from zipvl.eval.tasks import IMAGE_MARK, VQA_SUFFIX, TaskOptions, make_items, question_type
 
 
@@ -48,6 +60,29 @@ def test_tile_caption_names_each_tile_in_the_order_the_tiles_are_cut(rows, cols)
                 assert _has_color(part, COLORS[color]) and shape in SHAPES
 
 
+@pytest.mark.parametrize("side", [1, 2, 4])
+def test_canvas_images_are_an_overview_showing_every_object_then_the_tiles(side):
+    """Several tiles: first the whole canvas shrunk to one tile (every object's colour in it), then :func:`tiles`;
+    the marks and the caption follow the same order, the overview's caption line its count."""
+    rng = random.Random(side)
+    for _ in range(4):
+        scene = random_canvas(rng, side, 112)
+        images = canvas_images(scene)
+        parts = tiles(scene.render(), 112)
+        overview = side > 1
+        assert len(images) == len(parts) + overview and all(i.size == (112, 112) for i in images)
+        assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(images[overview:], parts))
+        if overview:
+            assert all(_has_color(images[0], COLORS[s.color], tol=12) for s in scene.shapes)
+        marks = canvas_marks(side, side, "<i>")
+        assert marks.count("<i>") == len(images) and marks.split("\n")[overview:] == ["<i>" * side] * side
+        lines = canvas_caption(scene).split("\n")
+        assert len(lines) == side + overview
+        if overview:
+            n = len(scene.shapes)
+            assert lines[0] == f"{NUMBERS[n]} shape" + ("s" if n > 1 else "")
+
+
 def test_answers_follow_from_the_scene():
     rng = random.Random(0)
     seen = set()
@@ -86,14 +121,16 @@ def test_question_type_names_a_question_by_its_phrasing():
     assert question_type("Name the shape.", "circle") == "other"
 
 
-@pytest.mark.parametrize("task,tiles_per_item", [("scenes", 4), ("scenes_long", 16), ("multi_image", 4)])
-def test_scene_tasks(task, tiles_per_item, tmp_path, monkeypatch):
+@pytest.mark.parametrize("task,images_per_item", [("scenes", 5), ("scenes_long", 17), ("multi_image", 4)])
+def test_scene_tasks(task, images_per_item, tmp_path, monkeypatch):
+    """Canvases carry their overview before the tiles; a multi-image prompt is its images alone."""
     monkeypatch.setenv("ZIPVL_CACHE", str(tmp_path))
     opts = TaskOptions(limit=6, seed=2, n_images=4)
     items = make_items(task, None, opts)
     assert [i.answers for i in items] == [i.answers for i in make_items(task, None, opts)]  # seeded
     for item in items:
-        assert len(item.images) == tiles_per_item and item.prompt.count(IMAGE_MARK) == tiles_per_item
+        assert len(item.images) == images_per_item and item.prompt.count(IMAGE_MARK) == images_per_item
+        assert item.meta["overview"] == (task != "multi_image")
         assert item.scorer == "vqa" and len(item.answers) == 1
         assert item.prompt.endswith(f"\n{item.question} {VQA_SUFFIX}") and VQA_SUFFIX not in item.question
         assert question_type(item.question, item.answers[0]) != "other"

@@ -1,13 +1,14 @@
 # SPDX-License-Identifier: Apache-2.0
 """Stage 1 of the vision recipe: the labels it trains on are right, and its loop trains a tower."""
 
+import random
 import re
 
 import numpy as np
 import pytest
 import torch
 
-from zipvl.data.scenes import COLORS, SHAPES
+from zipvl.data.scenes import COLORS, SHAPES, canvas_images, random_canvas
 from zipvl.models.tower_pretraining import LabelledTiles, PretrainConfig, easyvqa_labels, pretrain_tower
 
 
@@ -52,9 +53,28 @@ def test_labelled_tiles_match_their_pixels():
             assert has == (label is not None and label[1] == name), (label, name)
         empty += label is None
     assert 0 < empty < 40
-    pixels, present, shape, color = data.batch(16)
+    pixels, present, shape, color, count = data.batch(16)
     assert pixels.shape == (16, 3, 56, 56)
     assert ((shape >= 0) == present.bool()).all() and ((color >= 0) == present.bool()).all()
+    assert (count == -1).all()  # no overviews unless asked for
+
+
+def test_overviews_are_whole_canvases_labelled_with_their_count():
+    """A quarter of the batch: overviews, last; each holds as many object colours as its count label says."""
+    from transformers import CLIPImageProcessorPil
+
+    proc = CLIPImageProcessorPil(size={"shortest_edge": 112}, crop_size={"height": 112, "width": 112})
+    data = LabelledTiles(proc, 112, PretrainConfig(seed=5, overview_fraction=0.25))
+    _, present, shape, color, count = data.batch(16)
+    assert (count[:12] == -1).all() and set(count[12:].tolist()) <= {1, 2, 3}
+    assert (shape[12:] == -1).all() and (color[12:] == -1).all() and present[12:].all()
+    rng = random.Random(5)  # the stream's own seed: an overview is a fresh 2 x 2 to 4 x 4 canvas's first image
+    data = LabelledTiles(proc, 112, PretrainConfig(seed=5, overview_fraction=0.25))
+    for _ in range(10):
+        image, n = data._overview()
+        scene = random_canvas(rng, rng.randint(2, 4), 112)
+        assert n == len(scene.shapes) and np.array_equal(np.asarray(image), np.asarray(canvas_images(scene)[0]))
+
 
 
 def test_stage_one_teaches_a_tiny_tower_colour():

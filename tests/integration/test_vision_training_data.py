@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from zipvl.data.scenes import COLORS, SHAPES, random_scene, scene_question
+from zipvl.data.scenes import COLORS, NUMBERS, SHAPES, random_scene, scene_question
 from zipvl.models.vision import IMAGE_SIZE
 from zipvl.models.vision_training import (
     CAPTION_REQUEST,
@@ -151,6 +151,9 @@ def test_captions_leave_the_questions_as_they_were_and_name_every_image():
                 continue
             rows = b.caption.split("\n")
             assert sum(len(r.split(", ")) for r in rows) == len(b.images) == b.prompt.count(IMAGE_MARK)
+            if b.kind.startswith("tiles") and len(b.images) > 1:  # a canvas: the overview's count, then the tiles
+                count, *rows = rows
+                assert count.split()[0] == NUMBERS[sum(c != "empty" for r in rows for c in r.split(", "))]
             named = [c for r in rows for c in r.split(", ") if c != "empty"]
             assert all(c.split()[0] in COLORS and c.split()[1] in SHAPES for c in named)
             assert 1 <= len(named) <= 4

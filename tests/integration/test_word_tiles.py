@@ -62,9 +62,10 @@ def test_a_tile_is_the_vectors_then_its_captions_word_embeddings_and_only_the_ve
     assert prompt.vectors.grad is not None and emb.weight.grad is None
 
 
-def test_labelled_cells_name_colour_and_shape_or_empty():
-    cells = labelled_cells(torch.tensor([1, 0, 1]), torch.tensor([0, -1, 2]), torch.tensor([0, -1, 4]))
-    assert cells == ["red circle", EMPTY, "teal triangle"]
+def test_labelled_cells_name_colour_and_shape_empty_or_the_overviews_count():
+    cells = labelled_cells(torch.tensor([1, 0, 1, 1, 1]), torch.tensor([0, -1, 2, -1, -1]),
+                           torch.tensor([0, -1, 4, -1, -1]), torch.tensor([-1, -1, -1, 1, 3]))
+    assert cells == ["red circle", EMPTY, "teal triangle", "one shape", "three shapes"]
 
 
 def test_nearest_target_decodes_each_cell_and_survives_small_noise():
@@ -130,6 +131,26 @@ def test_align_tower_moves_the_projector_onto_the_targets():
     for key in ("vectors", "words"):
         assert sum(h[key] for h in history[-5:]) < sum(h[key] for h in history[:5])
     assert all(torch.equal(v, model.model.language_model.state_dict()[k]) for k, v in lm_before.items())
+    assert all("overviews" in h for h in history)  # 3 of each 16 tiles: canvas overviews, their count the caption
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+def test_align_tower_starts_from_a_fresh_projector_or_continues_its_own(fresh):
+    """Zero steps: a fresh projector is re-initialised, a continued one is exactly what the model held."""
+    from transformers import CLIPImageProcessor
+
+    model = tiny_model("llava")
+    before = {k: v.clone() for k, v in model.model.multi_modal_projector.state_dict().items()}
+    size = model.config.vision_config.image_size
+    processor = type("P", (), {"image_processor": CLIPImageProcessor(size={"shortest_edge": size},
+                                                                     crop_size={"height": size, "width": size})})()
+    words = sorted({w for c in candidate_cells() for w in c.split()})
+    prompt = TilePrompt(model.get_input_embeddings(), WordTokenizer(words), tokens_per_tile=(size // 14) ** 2)
+    align_tower(model, processor, prompt, steps=0, lr=1e-3, tower_lr=1e-3, batch=4, seed=0, bf16=False,
+                fresh_projector=fresh, log=lambda _: None)
+    after = model.model.multi_modal_projector.state_dict()
+    same = all(torch.equal(v, after[k]) for k, v in before.items())
+    assert same != fresh
 
 
 def test_word_tiles_config_needs_a_tile_prompt_and_a_step():
@@ -163,6 +184,17 @@ def test_caption_mask_marks_each_tiles_caption_words():
     assert mask.tolist() == [[False] * 4 + [True] * 2, [False] * 5 + [True]]
 
 
+def test_check_needs_saved_weights_and_a_held_out_scale(tmp_path, capsys):
+    import runpy
+    from pathlib import Path
+
+    main = runpy.run_path(str(Path(__file__).parents[2] / "scripts" / "train_vision.py"))["main"]
+    for argv in (["--check", str(tmp_path / "missing.safetensors")], ["--check", __file__, "--heldout", "0"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2 and "--check needs --heldout > 0 and a weights file" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_train_script_runs_word_tiles_end_to_end(tmp_path):
     """Two tile-prompt steps, two regression steps, one answer step on the real LM: the card and the tile prompt."""
@@ -182,6 +214,13 @@ def test_train_script_runs_word_tiles_end_to_end(tmp_path):
     assert (tmp_path / f"vision-{VERSION}-tile-prompt.safetensors").is_file()
     cells = card["word_tiles"]["heldout_cells"]
     assert cells["easyvqa_test_images"] == 512 and cells["canvas_tiles"] >= 512 and 0 <= cells["canvas"] <= 1
+    assert 0 <= cells["canvas_overviews"] <= 1 and len(card["word_tiles"]["align_overviews"]) == 2
+    # the held-out check of those weights afterwards (--check), written into their card
+    weights = tmp_path / f"vision-{VERSION}.safetensors"
+    assert main(["--check", str(weights), "--heldout", "0.01", "--threads", "1"]) == 0
+    checked = json.loads(weights.with_suffix(".json").read_text())
+    assert checked["loss"] == card["loss"] and checked["heldout_command"].endswith("--heldout 0.01")
+    assert checked["heldout"]["easyvqa"]["items"] == 5 and checked["heldout"]["scenes_long"]["items"] == 1
     # a tile-prompt stage alone: continue that tile prompt one step, no regression
     first = tmp_path / f"vision-{VERSION}-tile-prompt.safetensors"
     more = tmp_path / "more"

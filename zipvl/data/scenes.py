@@ -5,6 +5,10 @@ path, next to easy-vqa. Shapes and colours are easy-vqa's, so one vocabulary cov
 A scene is a canvas of ``rows x cols`` tiles of ``tile`` pixels; each object lies inside one tile, so cutting the
 canvas into tiles (:func:`tiles`, one image per tile, raster order) never splits an object. Large canvases with a
 few objects are the sparse long visual inputs ZipVL is for: most tiles are background.
+
+A canvas of several tiles goes to the model as LLaVA-NeXT's AnyRes does it: first an overview (the whole canvas
+shrunk to one tile, :func:`canvas_images`), then the tiles. The overview is what the model counts from: through 16
+tiles the frozen LM could not count 1-3 objects (docs/vision.md, stage 17), but it reads a count from the overview.
 """
 
 from __future__ import annotations
@@ -69,6 +73,30 @@ def tiles(image, tile: int) -> list:
     return [image.crop((c, r, c + tile, r + tile)) for r in range(0, h, tile) for c in range(0, w, tile)]
 
 
+def canvas_images(scene: Scene) -> list:
+    """What a model sees of ``scene``: the overview (the canvas resized to one tile) then the tiles, row by row; a
+    single tile is its own overview, so it goes alone."""
+    from PIL import Image
+
+    image = scene.render()
+    parts = tiles(image, scene.tile)
+    if len(parts) == 1:
+        return parts
+    return [image.resize((scene.tile, scene.tile), Image.Resampling.BICUBIC)] + parts
+
+
+def canvas_marks(rows: int, cols: int, mark: str) -> str:
+    """The prompt's image marks for :func:`canvas_images`: the overview on a line of its own (several tiles only),
+    then one line per row of tiles."""
+    grid = "\n".join(mark * cols for _ in range(rows))
+    return grid if rows * cols == 1 else f"{mark}\n{grid}"
+
+
+def count_caption(n: int) -> str:
+    """The overview's caption: "one shape", "two shapes", ..."""
+    return f"{NUMBERS[n]} shape" + ("" if n == 1 else "s")
+
+
 def random_scene(rng: random.Random, rows: int, cols: int, tile: int, n_shapes: int,
                  distinct_shapes: bool = False) -> Scene:
     """``n_shapes`` objects in distinct tiles; with ``distinct_shapes`` no two share a shape (so "the circle" is
@@ -92,6 +120,13 @@ def tile_caption(shapes: list[Shape], rows: int, cols: int) -> str:
     tiles, a newline after each row (one tile: just its content)."""
     cells = {tuple(s.tile): f"{s.color} {s.shape}" for s in shapes}
     return "\n".join(", ".join(cells.get((r, c), "empty") for c in range(cols)) for r in range(rows))
+
+
+def canvas_caption(scene: Scene) -> str:
+    """Every image of :func:`canvas_images` in words: the overview's count line (several tiles only), then
+    :func:`tile_caption`."""
+    grid = tile_caption(scene.shapes, scene.rows, scene.cols)
+    return grid if scene.rows * scene.cols == 1 else f"{count_caption(len(scene.shapes))}\n{grid}"
 
 
 def presence_question(color: str, shape: str) -> str:

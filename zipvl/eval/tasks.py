@@ -7,9 +7,10 @@
   of them. With the embedded default (untrained vision tower) the answers carry no visual information: the task
   then measures fidelity to dense, not correctness.
 - ``easyvqa``: easy-vqa test questions, one 64x64 image each; VQA-style accuracy.
-- ``scenes`` / ``scenes_long``: procedural canvases (:mod:`zipvl.data.scenes`) of 2 x 2 and 4 x 4 tiles (256 and
-  1,024 visual tokens on the embedded default), one to three small objects, mostly background: sparse long visual
-  input with a known answer (colour, shape, count, presence).
+- ``scenes`` / ``scenes_long``: procedural canvases (:mod:`zipvl.data.scenes`) of 2 x 2 and 4 x 4 tiles, each
+  prompt an overview then the tiles as LLaVA-NeXT's AnyRes does (320 and 1,088 visual tokens on the embedded
+  default), one to three small objects, mostly background: sparse long visual input with a known answer (colour,
+  shape, count, presence).
 - ``multi_image``: ``n_images`` single-object images in one prompt ("Image k: ..."), a question about the one object
   with a given shape or colour.
 - ``jsonl``: a user's file, one ``{"image": path | "images": [paths], "question": str, "answers": [str] |
@@ -161,22 +162,22 @@ def visual_needle_items(tokenizer, opts: TaskOptions) -> list[Item]:
     return items
 
 
-def _scene_files(name: str, scene, tile: int) -> list[str]:
-    """Render ``scene`` once into tile PNGs under ``$ZIPVL_CACHE/scenes`` (paths keep Items plain and JSON-able)."""
-    from ..data.scenes import tiles
+def _scene_files(name: str, images: list) -> list[str]:
+    """Save ``images`` (a scene's, :func:`scenes.canvas_images`) once as PNGs under ``$ZIPVL_CACHE/scenes`` (paths
+    keep Items plain and JSON-able)."""
     from ..models.default import cache_root
 
     folder = cache_root() / "scenes" / name
-    paths = [folder / f"tile{j:02d}.png" for j in range(scene.rows * scene.cols)]
+    paths = [folder / f"image{j:02d}.png" for j in range(len(images))]
     if not all(p.is_file() for p in paths):
         folder.mkdir(parents=True, exist_ok=True)
-        for p, img in zip(paths, tiles(scene.render(), tile)):
+        for p, img in zip(paths, images):
             img.save(p)
     return [str(p) for p in paths]
 
 
 def _scene_items(task: str, side: int, opts: TaskOptions, multi: bool = False) -> list[Item]:
-    from ..data.scenes import random_canvas, random_scene, scene_question
+    from ..data.scenes import canvas_images, canvas_marks, random_canvas, random_scene, scene_question, tiles
     from ..models.vision import IMAGE_SIZE
 
     rng = random.Random(f"{task}-{opts.seed}")
@@ -189,14 +190,16 @@ def _scene_items(task: str, side: int, opts: TaskOptions, multi: bool = False) -
             while question.startswith("how many"):  # trivially n here: ask about one image instead
                 question, answer = scene_question(rng, scene)
             prompt = "\n".join(f"Image {j + 1}: {IMAGE_MARK}" for j in range(n))
+            images = tiles(scene.render(), IMAGE_SIZE)
         else:
             scene = random_canvas(rng, side, IMAGE_SIZE)
             question, answer = scene_question(rng, scene)
-            prompt = "\n".join(IMAGE_MARK * side for _ in range(side))
-        files = _scene_files(f"{task}-s{opts.seed}-{i}-{scene.seed}", scene, IMAGE_SIZE)
+            prompt, images = canvas_marks(side, side, IMAGE_MARK), canvas_images(scene)
+        files = _scene_files(f"{task}-s{opts.seed}-{i}-{scene.seed}", images)
         items.append(Item(id=f"{task}-{i}", task=task, prompt=f"{prompt}\n{question} {VQA_SUFFIX}",
                           answers=[answer], scorer="vqa", images=files,
-                          meta={"tiles": len(files), "objects": [s.__dict__ for s in scene.shapes]}))
+                          meta={"tiles": scene.rows * scene.cols, "overview": len(files) > scene.rows * scene.cols,
+                                "objects": [s.__dict__ for s in scene.shapes]}))
     return items
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..data.scenes import COLORS, SHAPES, random_scene
+from ..data.scenes import COLORS, SHAPES, canvas_images, random_canvas, random_scene
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,9 @@ class PretrainConfig:
     warmup: int = 50
     scene_fraction: float = 0.5  # share of each batch that is procedural tiles (the rest easy-vqa train images)
     empty_fraction: float = 0.3  # share of procedural tiles with no object
+    # share of each batch that is canvas overviews (scenes.canvas_images' first image, 2 x 2 to 4 x 4), labelled with
+    # their object count; stage 1's heads do not read counts, so only the word-tile regression asks for them
+    overview_fraction: float = 0.0
     seed: int = 0
     bf16: bool = True
 
@@ -68,8 +71,9 @@ class TileHeads(torch.nn.Module):
 
 
 class LabelledTiles:
-    """Seeded, endless batches of (pixels, present, shape, colour); shape/colour are -1 on empty tiles. Procedural
-    tiles are rendered at ``image_size``; easy-vqa's 64 px images are resized by the processor, as in zipvl-eval."""
+    """Seeded, endless batches of (pixels, present, shape, colour, count); shape/colour are -1 on empty tiles and on
+    overviews, count is -1 except on overviews. Procedural tiles are rendered at ``image_size``; easy-vqa's 64 px
+    images are resized by the processor, as in zipvl-eval."""
 
     def __init__(self, image_processor, image_size: int, cfg: PretrainConfig):
         from easy_vqa import get_train_image_paths, get_train_questions
@@ -87,9 +91,16 @@ class LabelledTiles:
         lab = (scene.shapes[0].shape, scene.shapes[0].color) if n else None
         return scene.render(), lab
 
+    def _overview(self):
+        scene = random_canvas(self.rng, self.rng.randint(2, 4), self.size)
+        return canvas_images(scene)[0], len(scene.shapes)
+
     def batch(self, size: int):
+        n_overview = round(size * self.cfg.overview_fraction)
+        size -= n_overview
         n_scene = round(size * self.cfg.scene_fraction)
         items = [self._scene_tile() for _ in range(n_scene)] + self.rng.sample(self.evqa, size - n_scene)
+        items += [self._overview() for _ in range(n_overview)]
         images = []
         for img, _ in items:  # flips keep shape and colour; easy-vqa's triangles point either way after it
             if self.rng.random() < 0.5:
@@ -97,9 +108,11 @@ class LabelledTiles:
             images.append(img)
         pixels = self.proc(images=images, return_tensors="pt")["pixel_values"]
         present = torch.tensor([lab is not None for _, lab in items], dtype=torch.long)
-        shape = torch.tensor([SHAPES.index(lab[0]) if lab else -1 for _, lab in items])
-        color = torch.tensor([list(COLORS).index(lab[1]) if lab else -1 for _, lab in items])
-        return pixels, present, shape, color
+        pair = [lab if isinstance(lab, tuple) else None for _, lab in items]
+        shape = torch.tensor([SHAPES.index(lab[0]) if lab else -1 for lab in pair])
+        color = torch.tensor([list(COLORS).index(lab[1]) if lab else -1 for lab in pair])
+        count = torch.tensor([lab if isinstance(lab, int) else -1 for _, lab in items])
+        return pixels, present, shape, color, count
 
 
 def patch_tokens(tower, pixels: torch.Tensor) -> torch.Tensor:
@@ -136,7 +149,7 @@ def pretrain_tower(tower, image_processor, image_size: int, cfg: PretrainConfig,
         lr = cfg.lr * warmup_cosine(step, cfg.steps, cfg.warmup)
         for g in opt.param_groups:
             g["lr"] = lr
-        pixels, present, shape, color = data.batch(cfg.batch)
+        pixels, present, shape, color, _ = data.batch(cfg.batch)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
             tokens = patch_tokens(tower, pixels)
         loss, hits = _loss_and_hits(heads, tokens.float(), present, shape, color)

@@ -14,7 +14,7 @@ import torch
 
 from ..errors import ZipVLError
 
-VERSION = "v8"
+VERSION = "v9"
 IMAGE_SIZE, PATCH_SIZE = 112, 14  # 8 x 8 = 64 visual tokens per image (tile)
 TOKENS_PER_IMAGE = (IMAGE_SIZE // PATCH_SIZE) ** 2
 TOWER = dict(hidden_size=192, intermediate_size=768, num_hidden_layers=3, num_attention_heads=4,

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Train the default model's vision tower + projector against the frozen SmolLM2, on offline data only: the easy-vqa
-train split and procedural scenes (:mod:`zipvl.data.scenes`) as single images, tiled canvases up to 4 x 4 (1,024
-visual tokens) and multi-image prompts. Two stages: the tower learns to see labelled tiles
+train split and procedural scenes (:mod:`zipvl.data.scenes`) as single images, tiled canvases up to 4 x 4 (an
+overview then the tiles: 1,088 visual tokens) and multi-image prompts. Two stages: the tower learns to see labelled tiles
 (:mod:`zipvl.models.tower_pretraining`, no LM, minutes), then tower + projector learn to answer through the frozen LM
 (the LLaVA recipe: answer loss only). Seeded end to end; ``scripts/train_vision.py`` is the CLI.
 """
@@ -19,6 +19,9 @@ import torch
 from ..data.scenes import (
     NUMBERS,
     Shape,
+    canvas_caption,
+    canvas_images,
+    canvas_marks,
     presence_question,
     random_canvas,
     random_scene,
@@ -118,6 +121,8 @@ class TrainConfig:
     align_position_lr: float = 3e-2  # the tower's patch position embedding (word_tiles.align_tower says why)
     align_caption_weight: float = 10.0
     align_batch: int = 64
+    align_overview_fraction: float = 0.2  # canvas overviews per regression batch (they carry the object count)
+    align_fresh_projector: bool = True  # False: continue a word-tile model's regression with its own projector
 
     def __post_init__(self):
         if self.tile_prompt_steps is None:
@@ -130,6 +135,8 @@ class TrainConfig:
         if self.distill < 0 or (self.distill and self.teacher_steps < 1):
             raise ValueError(f"distill must be >= 0 and needs teacher_steps >= 1 (got distill={self.distill}, "
                              f"teacher_steps={self.teacher_steps})")
+        if not 0 <= self.align_overview_fraction < 1:
+            raise ValueError(f"align_overview_fraction must be in [0, 1), got {self.align_overview_fraction}")
         if self.word_tiles and (self.tile_prompt_steps < (0 if self.tile_prompt else 1) or self.align_steps < 0
                                 or (self.align_steps == 0 and self.tile_prompt_steps == 0)):
             raise ValueError(f"word_tiles needs tile_prompt_steps >= 1 (>= 0 from a trained tile_prompt), "
@@ -148,9 +155,9 @@ class Sample:
 
 
 def canvas_prompt(n_tiles: int, cols: int, question: str) -> str:
-    """A tiled canvas: one image per tile, a newline after each row of tiles."""
-    rows = [IMAGE_MARK * cols for _ in range(n_tiles // cols)]
-    return "\n".join(rows) + f"\n{question} {VQA_SUFFIX}"
+    """A tiled canvas (:func:`scenes.canvas_marks`): the overview, then one image per tile, a newline after each row
+    of tiles."""
+    return canvas_marks(n_tiles // cols, cols, IMAGE_MARK) + f"\n{question} {VQA_SUFFIX}"
 
 
 def multi_image_prompt(n: int, question: str) -> str:
@@ -222,9 +229,9 @@ class SampleStream:
         rng = self.rng
         scene = random_canvas(rng, side, IMAGE_SIZE)
         (question, answer), *more = self._scene_questions(scene)
-        parts = tiles(scene.render(), IMAGE_SIZE)
-        return Sample(canvas_prompt(len(parts), side, question), parts, answer, f"tiles{side}", more,
-                      self._caption(scene))
+        caption = canvas_caption(scene) if self.labels is not None else None
+        return Sample(canvas_prompt(side * side, side, question), canvas_images(scene), answer, f"tiles{side}", more,
+                      caption)
 
     def _multi(self) -> Sample:
         """2-4 images, one object each, distinct shapes where asked about: the question names a shape or colour."""
@@ -493,7 +500,8 @@ def word_tiles(model, processor, cfg: TrainConfig, log=print) -> dict:
     if cfg.align_steps == 0:
         return {"tile_prompt": losses, "align": [], "prompt": prompt, "heldout_cells": None}
     align = align_tower(model, processor, prompt, cfg.align_steps, cfg.align_lr, cfg.align_tower_lr, cfg.align_batch,
-                        cfg.seed, cfg.bf16, cfg.align_position_lr, cfg.align_caption_weight, log=log)
+                        cfg.seed, cfg.bf16, cfg.align_position_lr, cfg.align_caption_weight,
+                        cfg.align_overview_fraction, cfg.align_fresh_projector, log=log)
     cells = heldout_cell_accuracy(model, processor, prompt)
     log(f"held-out tiles decoded to their caption: {cells}")
     return {"tile_prompt": losses, "align": align, "prompt": prompt, "heldout_cells": cells}

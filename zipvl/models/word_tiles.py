@@ -29,7 +29,7 @@ import time
 
 import torch
 
-from ..data.scenes import COLORS, SHAPES
+from ..data.scenes import COLORS, SHAPES, count_caption
 from .text_teacher import labelled_loss, relative_error, train_prompt_vectors
 from .tower_pretraining import LabelledTiles, PretrainConfig, heldout_easyvqa_images, patch_tokens, warmup_cosine
 
@@ -82,11 +82,11 @@ def train_tile_prompt(model, image_token_id: int, prompt: TilePrompt, batches, s
     return train_prompt_vectors(prompt.vectors, batch_loss, batches, steps, lr, "tile prompt", log, bf16, cosine)
 
 
-def labelled_cells(present: torch.Tensor, shape: torch.Tensor, color: torch.Tensor) -> list[str]:
-    """:class:`LabelledTiles`' labels as caption cells."""
+def labelled_cells(present: torch.Tensor, shape: torch.Tensor, color: torch.Tensor, count: torch.Tensor) -> list[str]:
+    """:class:`LabelledTiles`' labels as caption cells (an overview's: its count, :func:`scenes.count_caption`)."""
     colors = list(COLORS)
-    return [f"{colors[c]} {SHAPES[s]}" if p else EMPTY for p, s, c in zip(present.tolist(), shape.tolist(),
-                                                                          color.tolist())]
+    return [count_caption(n) if n >= 0 else f"{colors[c]} {SHAPES[s]}" if p else EMPTY
+            for p, s, c, n in zip(present.tolist(), shape.tolist(), color.tolist(), count.tolist())]
 
 
 def tile_tokens(model, pixels: torch.Tensor) -> torch.Tensor:
@@ -95,11 +95,13 @@ def tile_tokens(model, pixels: torch.Tensor) -> torch.Tensor:
 
 
 def align_tower(model, processor, prompt: TilePrompt, steps: int, lr: float, tower_lr: float, batch: int, seed: int,
-                bf16: bool, position_lr: float = 3e-2, caption_weight: float = 10.0, log=print) -> list[dict]:
-    """Step 2: tower + a freshly initialised projector regress each labelled tile's target sequence
+                bf16: bool, position_lr: float = 3e-2, caption_weight: float = 10.0, overview_fraction: float = 0.2,
+                fresh_projector: bool = True, log=print) -> list[dict]:
+    """Step 2: tower + a freshly initialised projector (or, continuing a word-tile model, its own) regress each labelled tile's target sequence
     (:func:`relative_error`, the caption's positions weighted ``caption_weight``; cosine lr, AdamW, clip 1).
     Returns the per-step log: the loss, the error on the trained vectors' and on the caption's positions, and the
-    share of the batch's tiles that decode to their own caption.
+    share of the batch's tiles (and of its canvas overviews, ``overview_fraction`` of each batch) that decode to
+    their own caption.
 
     The tower's patch position embedding learns at ``position_lr`` (100x the rest): stage 1 pools the patch tokens,
     so its tower's last layer no longer tells the patches apart (a linear fit of the vectors from it: relative error
@@ -108,11 +110,12 @@ def align_tower(model, processor, prompt: TilePrompt, steps: int, lr: float, tow
     bring them to 0.0027 (docs/vision.md, stage 15)."""
     torch.manual_seed(seed)
     size = model.config.vision_config.image_size
-    data = LabelledTiles(processor.image_processor, size, PretrainConfig(seed=seed, scene_fraction=0.6))
+    data = LabelledTiles(processor.image_processor, size,
+                         PretrainConfig(seed=seed, scene_fraction=0.6, overview_fraction=overview_fraction))
     tower, projector = model.model.vision_tower, model.model.multi_modal_projector
     # a fresh projector: the regression defines its output entirely, and an answer-trained one can sit far off the
     # embeddings' scale (v7's tokens: RMS 7.3 on canvas tiles, the embeddings' 0.14; from there the regression stalled)
-    for layer in projector.modules():
+    for layer in projector.modules() if fresh_projector else ():
         if isinstance(layer, torch.nn.Linear):
             layer.reset_parameters()
     position = tower.embeddings.position_embedding.weight
@@ -129,8 +132,8 @@ def align_tower(model, processor, prompt: TilePrompt, steps: int, lr: float, tow
     for step in range(steps):
         for g in opt.param_groups:
             g["lr"] = g["base"] * warmup_cosine(step, steps, 50)
-        pixels, present, shape, color = data.batch(batch)
-        cells = labelled_cells(present, shape, color)
+        pixels, present, shape, color, count = data.batch(batch)
+        cells = labelled_cells(present, shape, color, count)
         target = torch.stack([prompt.tile(c) for c in cells]).detach()
         words = caption_mask(prompt, cells)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -143,12 +146,18 @@ def align_tower(model, processor, prompt: TilePrompt, steps: int, lr: float, tow
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         error = error.detach()
+        hits = [a == b for a, b in zip(decode_cells(prompt, out.detach()), cells)]
+        overviews = [h for h, n in zip(hits, count.tolist()) if n >= 0]
         history.append({"step": step, "loss": loss.item(), "vectors": error[~words].mean().item(),
-                        "words": error[words].mean().item(), "cells": cell_accuracy(prompt, out.detach(), cells)})
+                        "words": error[words].mean().item(), "cells": sum(hits) / len(hits),
+                        **({"overviews": sum(overviews) / len(overviews)} if overviews else {})})
         if step % 100 == 0 or step == steps - 1:
-            mean = {k: sum(h[k] for h in history[-100:]) / len(history[-100:]) for k in history[-1] if k != "step"}
+            recent = history[-100:]
+            mean = {k: sum(h[k] for h in recent) / len(recent) for k in history[-1] if k not in ("step", "overviews")}
+            seen = [h["overviews"] for h in recent if "overviews" in h]
             log(f"align step {step:5d}  loss {mean['loss']:.4f}  error: vectors {mean['vectors']:.4f} words "
-                f"{mean['words']:.4f}  cells {mean['cells']:.3f}  {time.perf_counter() - start:.0f} s")
+                f"{mean['words']:.4f}  cells {mean['cells']:.3f}"
+                + (f"  overviews {sum(seen) / len(seen):.3f}" if seen else "") + f"  {time.perf_counter() - start:.0f} s")
     tower.eval()
     return history
 
@@ -162,7 +171,8 @@ def caption_mask(prompt: TilePrompt, cells: list[str]) -> torch.Tensor:
 
 
 def candidate_cells() -> list[str]:
-    return [EMPTY] + [f"{c} {s}" for c in COLORS for s in SHAPES]
+    """Every caption a tile can have: empty, each colour-shape pair, an overview's count of one to three."""
+    return [EMPTY] + [f"{c} {s}" for c in COLORS for s in SHAPES] + [count_caption(n) for n in (1, 2, 3)]
 
 
 @torch.no_grad()
@@ -179,10 +189,6 @@ def decode_cells(prompt: TilePrompt, out: torch.Tensor) -> list[str]:
     dist = (o.pow(2).sum(-1) @ w.T - 2 * o.flatten(1) @ (targets * w[..., None]).flatten(1).T
             + (norms * w).sum(-1))  # [tiles, cells]
     return [cells[i] for i in dist.argmin(1).tolist()]
-
-
-def cell_accuracy(prompt: TilePrompt, out: torch.Tensor, cells: list[str]) -> float:
-    return sum(a == b for a, b in zip(decode_cells(prompt, out), cells)) / len(cells)
 
 
 def save_tile_prompt(prompt: TilePrompt, path) -> None:
@@ -205,11 +211,11 @@ def load_tile_prompt(embeddings: torch.nn.Embedding, tokenizer, path) -> TilePro
 @torch.no_grad()
 def heldout_cell_accuracy(model, processor, prompt: TilePrompt, n: int = 512, seed: int = 12345) -> dict:
     """Share of held-out tiles whose tokens decode (:func:`decode_cells`) to their own caption: the first ``n``
-    labelled easy-vqa *test* images, and the tiles of fresh 4 x 4 canvases (``n`` tiles, mostly empty, as in the
-    eval)."""
+    labelled easy-vqa *test* images, the tiles of fresh 4 x 4 canvases (``n`` tiles, mostly empty, as in the eval),
+    and the overviews of ``n // 2`` more (their count)."""
     import random
 
-    from ..data.scenes import random_canvas, tile_caption, tiles
+    from ..data.scenes import canvas_images, random_canvas, tile_caption, tiles
 
     proc = processor.image_processor
     images, labels = heldout_easyvqa_images(n)
@@ -227,6 +233,9 @@ def heldout_cell_accuracy(model, processor, prompt: TilePrompt, n: int = 512, se
     out["canvas_object_tiles"] = len(objects)
     out["canvas_objects"] = _decoded_share(model, prompt, proc, [canvas_tiles[i] for i in objects],
                                            [cells[i] for i in objects])
+    scenes = [random_canvas(rng, 4, size) for _ in range(n // 2)]
+    out["canvas_overviews"] = _decoded_share(model, prompt, proc, [canvas_images(s)[0] for s in scenes],
+                                             [count_caption(len(s.shapes)) for s in scenes])
     return out
 
 
