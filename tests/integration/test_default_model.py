@@ -1,6 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """The embedded default (real SmolLM2-135M weights) under ZipVL: real attention gives real sparsity."""
 
+from pathlib import Path
+
 import torch
 
 import zipvl
@@ -97,3 +99,26 @@ def test_heldout_check_reports_accuracy_per_question_phrasing(default_model):
                                                                         for i in items))
         mean = sum(v["items"] * v["accuracy"] for v in rows.values()) / n
         assert abs(mean - out[task]["accuracy"]) < 0.01, (rows, out[task])
+
+
+def test_a_checkpoint_published_by_another_process_during_conversion_stays(tmp_path, monkeypatch):
+    """Two first uses at once (zipvl-eval's two processes): the one that finishes second keeps the first one's
+    checkpoint, which the first may be loading from already, and drops its own copy."""
+    from zipvl.models import default
+
+    monkeypatch.setenv("ZIPVL_CACHE", str(tmp_path))
+    target = default.cache_root() / default.checkpoint_name()
+
+    class Saved:
+        def save_pretrained(self, path):
+            (Path(path) / "mine.txt").write_text("second")
+
+    def convert(trained):  # while this process converts, another one publishes
+        target.mkdir(parents=True)
+        (target / "config.json").write_text("{}")
+        return Saved(), Saved()
+
+    monkeypatch.setattr(default, "build_default_model", convert)
+    assert default.default_model_dir() == target
+    assert (target / "config.json").is_file() and not (target / "mine.txt").exists()
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]  # no leftover temporary copy

@@ -154,7 +154,11 @@ def default_model_dir(rebuild: bool = False) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
-    # Atomic publish, so concurrent first uses never see a half-written checkpoint.
+    # Atomic publish, so concurrent first uses never see a half-written checkpoint. A checkpoint another process
+    # published meanwhile stays: it may be loading from it already (removing it broke a parallel zipvl-eval).
+    if (target / "config.json").exists() and not rebuild:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return target
     if target.exists():
         shutil.rmtree(target, ignore_errors=True)
     try:
