@@ -29,7 +29,7 @@ from zipvl.models.word_tiles import save_tile_prompt
 # task -> seeded items (zipvl-eval's own tasks): the issue's sample sizes for the bar (easy-vqa >= 500 questions).
 # 100 canvases, not 50: at 50 one item is 2 points and the standard error ~6.5 (stage 10 read 0.58 against v7's 0.72
 # on 50 items, 0.62 against 0.64 on 100)
-HELDOUT = {"easyvqa": 500, "scenes_long": 100, "multi_image": 50}
+HELDOUT = {"easyvqa": 500, "scenes_long": 100, "scenes_count": 60, "multi_image": 50}
 HELDOUT_SEED = 0  # the held-out sample is zipvl-eval's default one, whatever seed a training stage uses for its data
 
 

@@ -121,7 +121,8 @@ def test_question_type_names_a_question_by_its_phrasing():
     assert question_type("Name the shape.", "circle") == "other"
 
 
-@pytest.mark.parametrize("task,images_per_item", [("scenes", 5), ("scenes_long", 17), ("multi_image", 4)])
+@pytest.mark.parametrize("task,images_per_item", [("scenes", 5), ("scenes_long", 17), ("scenes_count", 17),
+                                                  ("multi_image", 4)])
 def test_scene_tasks(task, images_per_item, tmp_path, monkeypatch):
     """Canvases carry their overview before the tiles; a multi-image prompt is its images alone."""
     monkeypatch.setenv("ZIPVL_CACHE", str(tmp_path))
@@ -136,3 +137,5 @@ def test_scene_tasks(task, images_per_item, tmp_path, monkeypatch):
         assert question_type(item.question, item.answers[0]) != "other"
         if task == "multi_image":
             assert "how many" not in item.prompt
+        if task == "scenes_count":  # balanced: one, two, three objects in turn, the answer their number
+            assert item.answers == [NUMBERS[len(item.meta["objects"])]] == [("one", "two", "three")[int(item.id.rsplit("-", 1)[1]) % 3]]

@@ -22,7 +22,7 @@ def _accuracy(model, processor, items) -> float:
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("task", ["easyvqa", "scenes_long", "multi_image"])
+@pytest.mark.parametrize("task", ["easyvqa", "scenes_long", "scenes_count", "multi_image"])
 def test_shipped_weights_reproduce_their_recorded_accuracy(default_model, task):
     """The held-out accuracy written in the weights' card by scripts/train_vision.py (through zipvl-eval's harness)
     is what the shipped weights give through the public ``generate`` on the same seeded items, within 2 points, and

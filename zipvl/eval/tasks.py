@@ -11,6 +11,9 @@
   prompt an overview then the tiles as LLaVA-NeXT's AnyRes does (320 and 1,088 visual tokens on the embedded
   default), one to three small objects, mostly background: sparse long visual input with a known answer (colour,
   shape, count, presence).
+- ``scenes_count``: the 4 x 4 canvases asked only "how many shapes are in the image?", with one, two and three
+  objects in turn, so a model that does not count cannot score above a third (``scenes_long``'s seeded answers are
+  skewed: 14 of its first 100 items' 18 count answers are "two").
 - ``multi_image``: ``n_images`` single-object images in one prompt ("Image k: ..."), a question about the one object
   with a given shape or colour.
 - ``jsonl``: a user's file, one ``{"image": path | "images": [paths], "question": str, "answers": [str] |
@@ -176,8 +179,16 @@ def _scene_files(name: str, images: list) -> list[str]:
     return [str(p) for p in paths]
 
 
-def _scene_items(task: str, side: int, opts: TaskOptions, multi: bool = False) -> list[Item]:
-    from ..data.scenes import canvas_images, canvas_marks, random_canvas, random_scene, scene_question, tiles
+def _scene_items(task: str, side: int, opts: TaskOptions, multi: bool = False, count: bool = False) -> list[Item]:
+    from ..data.scenes import (
+        NUMBERS,
+        canvas_images,
+        canvas_marks,
+        random_canvas,
+        random_scene,
+        scene_question,
+        tiles,
+    )
     from ..models.vision import IMAGE_SIZE
 
     rng = random.Random(f"{task}-{opts.seed}")
@@ -192,8 +203,13 @@ def _scene_items(task: str, side: int, opts: TaskOptions, multi: bool = False) -
             prompt = "\n".join(f"Image {j + 1}: {IMAGE_MARK}" for j in range(n))
             images = tiles(scene.render(), IMAGE_SIZE)
         else:
-            scene = random_canvas(rng, side, IMAGE_SIZE)
-            question, answer = scene_question(rng, scene)
+            if count:  # 1, 2, 3 objects in turn: a model that always answers one number scores a third
+                n = 1 + i % 3
+                scene = random_scene(rng, side, side, IMAGE_SIZE, n, distinct_shapes=rng.random() < 0.5)
+                question, answer = "how many shapes are in the image?", NUMBERS[n]
+            else:
+                scene = random_canvas(rng, side, IMAGE_SIZE)
+                question, answer = scene_question(rng, scene)
             prompt, images = canvas_marks(side, side, IMAGE_MARK), canvas_images(scene)
         files = _scene_files(f"{task}-s{opts.seed}-{i}-{scene.seed}", images)
         items.append(Item(id=f"{task}-{i}", task=task, prompt=f"{prompt}\n{question} {VQA_SUFFIX}",
@@ -209,6 +225,10 @@ def scenes_items(tokenizer, opts: TaskOptions) -> list[Item]:
 
 def scenes_long_items(tokenizer, opts: TaskOptions) -> list[Item]:
     return _scene_items("scenes_long", 4, opts)
+
+
+def scenes_count_items(tokenizer, opts: TaskOptions) -> list[Item]:
+    return _scene_items("scenes_count", 4, opts, count=True)
 
 
 def multi_image_items(tokenizer, opts: TaskOptions) -> list[Item]:
@@ -247,7 +267,8 @@ def jsonl_items(tokenizer, opts: TaskOptions) -> list[Item]:
 
 
 TASKS = {"needle": needle_items, "visual_needle": visual_needle_items, "easyvqa": easyvqa_items,
-         "scenes": scenes_items, "scenes_long": scenes_long_items, "multi_image": multi_image_items,
+         "scenes": scenes_items, "scenes_long": scenes_long_items, "scenes_count": scenes_count_items,
+         "multi_image": multi_image_items,
          "jsonl": jsonl_items}
 
 
