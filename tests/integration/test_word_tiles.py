@@ -109,20 +109,26 @@ def test_tile_prompt_training_lowers_the_answer_loss_and_changes_no_model_weight
     assert torch.equal(again.tile("red circle"), prompt.tile("red circle"))
 
 
-def test_align_tower_moves_the_projector_onto_the_targets():
-    """A few regression steps on labelled tiles (easy-vqa train images and procedural ones) at the tiny tower's size:
-    the loss falls and only tower + projector change."""
+def _tiny_llava_to_align():
+    """A tiny LLaVA, a processor at its tower's size, and a tile prompt over every candidate cell's words."""
     from transformers import CLIPImageProcessor
 
     model = tiny_model("llava")
     model.requires_grad_(False)
-    lm_before = {k: v.clone() for k, v in model.model.language_model.state_dict().items()}
     size = model.config.vision_config.image_size
     processor = type("P", (), {"image_processor": CLIPImageProcessor(size={"shortest_edge": size},
                                                                      crop_size={"height": size, "width": size})})()
     words = sorted({w for c in candidate_cells() for w in c.split()})
     prompt = TilePrompt(model.get_input_embeddings(), WordTokenizer(words), tokens_per_tile=(size // 14) ** 2)
     prompt.vectors.requires_grad_(False)
+    return model, processor, prompt
+
+
+def test_align_tower_moves_the_projector_onto_the_targets():
+    """A few regression steps on labelled tiles (easy-vqa train images and procedural ones) at the tiny tower's size:
+    the loss falls and only tower + projector change."""
+    model, processor, prompt = _tiny_llava_to_align()
+    lm_before = {k: v.clone() for k, v in model.model.language_model.state_dict().items()}
     history = align_tower(model, processor, prompt, steps=40, lr=3e-3, tower_lr=1e-3, batch=16, seed=0, bf16=False,
                           log=lambda _: None)
     first, last = (sum(h["loss"] for h in part) / 5 for part in (history[:5], history[-5:]))
@@ -137,15 +143,8 @@ def test_align_tower_moves_the_projector_onto_the_targets():
 @pytest.mark.parametrize("fresh", [True, False])
 def test_align_tower_starts_from_a_fresh_projector_or_continues_its_own(fresh):
     """Zero steps: a fresh projector is re-initialised, a continued one is exactly what the model held."""
-    from transformers import CLIPImageProcessor
-
-    model = tiny_model("llava")
+    model, processor, prompt = _tiny_llava_to_align()
     before = {k: v.clone() for k, v in model.model.multi_modal_projector.state_dict().items()}
-    size = model.config.vision_config.image_size
-    processor = type("P", (), {"image_processor": CLIPImageProcessor(size={"shortest_edge": size},
-                                                                     crop_size={"height": size, "width": size})})()
-    words = sorted({w for c in candidate_cells() for w in c.split()})
-    prompt = TilePrompt(model.get_input_embeddings(), WordTokenizer(words), tokens_per_tile=(size // 14) ** 2)
     align_tower(model, processor, prompt, steps=0, lr=1e-3, tower_lr=1e-3, batch=4, seed=0, bf16=False,
                 fresh_projector=fresh, log=lambda _: None)
     after = model.model.multi_modal_projector.state_dict()
