@@ -29,7 +29,7 @@ def _demo_tasks(processor, args) -> list[tuple[str, dict, object]]:
     return [
         (f"image + question ({'your image' if args.image else 'easy-vqa test image'}): {item.prompt.split(chr(10))[-1]}",
          build_inputs(processor, item)[0], item.answers or None),
-        (f"sparse canvas, {len(canvas.images)} tiles: {canvas.prompt.split(chr(10))[-1]}",
+        (f"sparse canvas, overview + {canvas.meta['tiles']} tiles: {canvas.prompt.split(chr(10))[-1]}",
          build_inputs(processor, canvas)[0], canvas.answers),
         (f"long text (~{args.context_tokens} tokens, planted fact)", text, needle),
     ]
