@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--align-batch", type=int, default=TrainConfig.align_batch)
     p.add_argument("--align-lr", type=float, default=TrainConfig.align_lr, help="the regression's projector lr")
     p.add_argument("--align-tower-lr", type=float, default=TrainConfig.align_tower_lr,
-                   help="the regression's tower lr, but for its patch position embedding's")
+                   help="the regression's tower lr (the patch position embedding has --align-position-lr)")
     p.add_argument("--align-position-lr", type=float, default=TrainConfig.align_position_lr,
                    help="the regression's lr for the tower's patch position embedding")
     p.add_argument("--align-overviews", type=float, default=TrainConfig.align_overview_fraction,

@@ -138,4 +138,5 @@ def test_scene_tasks(task, images_per_item, tmp_path, monkeypatch):
         if task == "multi_image":
             assert "how many" not in item.prompt
         if task == "scenes_count":  # balanced: one, two, three objects in turn, the answer their number
-            assert item.answers == [NUMBERS[len(item.meta["objects"])]] == [("one", "two", "three")[int(item.id.rsplit("-", 1)[1]) % 3]]
+            k = int(item.id.rsplit("-", 1)[1])
+            assert item.answers == [NUMBERS[len(item.meta["objects"])]] == [("one", "two", "three")[k % 3]]

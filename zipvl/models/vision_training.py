@@ -1,9 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
 """Train the default model's vision tower + projector against the frozen SmolLM2, on offline data only: the easy-vqa
 train split and procedural scenes (:mod:`zipvl.data.scenes`) as single images, tiled canvases up to 4 x 4 (an
-overview then the tiles: 1,088 visual tokens) and multi-image prompts. Two stages: the tower learns to see labelled tiles
-(:mod:`zipvl.models.tower_pretraining`, no LM, minutes), then tower + projector learn to answer through the frozen LM
-(the LLaVA recipe: answer loss only). Seeded end to end; ``scripts/train_vision.py`` is the CLI.
+overview then the tiles: 1,088 visual tokens) and multi-image prompts. Two stages: the tower learns to see labelled
+tiles (:mod:`zipvl.models.tower_pretraining`, no LM, minutes), then tower + projector learn to answer through the
+frozen LM (the LLaVA recipe: answer loss only). Seeded end to end; ``scripts/train_vision.py`` is the CLI.
 """
 
 from __future__ import annotations

@@ -82,7 +82,8 @@ def train_tile_prompt(model, image_token_id: int, prompt: TilePrompt, batches, s
     return train_prompt_vectors(prompt.vectors, batch_loss, batches, steps, lr, "tile prompt", log, bf16, cosine)
 
 
-def labelled_cells(present: torch.Tensor, shape: torch.Tensor, color: torch.Tensor, count: torch.Tensor) -> list[str]:
+def labelled_cells(present: torch.Tensor, shape: torch.Tensor, color: torch.Tensor,
+                   count: torch.Tensor) -> list[str]:
     """:class:`LabelledTiles`' labels as caption cells (an overview's: its count, :func:`scenes.count_caption`)."""
     colors = list(COLORS)
     return [count_caption(n) if n >= 0 else f"{colors[c]} {SHAPES[s]}" if p else EMPTY
