@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from zipvl.models.default import build_default_model
-from zipvl.models.vision import TOWER, VERSION, WEIGHTS_DIR, feature_select, save_vision
+from zipvl.models.vision import TOWER, VERSION, WEIGHTS_DIR, feature_select, save_card, save_vision
 from zipvl.models.vision_training import KINDS, NEW_TILE_PROMPT_STEPS, TrainConfig, fast_bf16, train
 from zipvl.models.word_tiles import save_tile_prompt
 
@@ -34,6 +34,11 @@ HELDOUT_SEED = 0  # the held-out sample is zipvl-eval's default one, whatever se
 
 
 @torch.no_grad()
+def heldout_tasks(scale: float) -> dict[str, int]:
+    """:data:`HELDOUT`'s sample sizes times ``scale``, at least one item each."""
+    return {t: max(1, round(n * scale)) for t, n in HELDOUT.items()}
+
+
 def heldout_accuracy(model, processor, seed: int, tasks: dict[str, int]) -> dict:
     """Dense greedy accuracy on zipvl-eval's tasks (easy-vqa *test* split, fresh scenes), exactly as the eval scores
     them, with the majority answer's accuracy beside each, and the accuracy per question phrasing (a seeded sample's
@@ -112,10 +117,9 @@ def check(weights: Path, scale: float, threads: int) -> int:
     model, processor = build_default_model(trained=False, select=feature_select(weights))
     card = load_vision(model, weights)  # a clear error if the file is missing or does not fit the tower
     model.eval()
-    tasks = {t: max(1, round(n * scale)) for t, n in HELDOUT.items()}
-    card["heldout"] = heldout_accuracy(model, processor, HELDOUT_SEED, tasks)
+    card["heldout"] = heldout_accuracy(model, processor, HELDOUT_SEED, heldout_tasks(scale))
     card["heldout_command"] = f"python scripts/train_vision.py --check {weights.name} --heldout {scale:g}"
-    weights.with_suffix(".json").write_text(json.dumps(card, indent=1) + "\n")
+    save_card(weights, card)
     return 0
 
 
@@ -251,8 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     plot_loss(history, stage1, args.out / f"vision-{VERSION}-loss.png", cfg.batch, result["teacher"], words)
     print(f"wrote {weights} ({weights.stat().st_size / 2**20:.1f} MiB) after {train_s:.0f} s of training", flush=True)
     if args.heldout > 0:
-        tasks = {t: max(1, round(n * args.heldout)) for t, n in HELDOUT.items()}
-        card["heldout"] = heldout_accuracy(model, processor, HELDOUT_SEED, tasks)
+        card["heldout"] = heldout_accuracy(model, processor, HELDOUT_SEED, heldout_tasks(args.heldout))
         save_vision(model, weights, card)
     return 0
 

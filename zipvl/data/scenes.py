@@ -73,16 +73,19 @@ def tiles(image, tile: int) -> list:
     return [image.crop((c, r, c + tile, r + tile)) for r in range(0, h, tile) for c in range(0, w, tile)]
 
 
-def canvas_images(scene: Scene) -> list:
-    """What a model sees of ``scene``: the overview (the canvas resized to one tile) then the tiles, row by row; a
-    single tile is its own overview, so it goes alone."""
+def overview(image, tile: int):
+    """A canvas shrunk to one ``tile`` x ``tile`` image (bicubic): LLaVA-NeXT's base image."""
     from PIL import Image
 
+    return image.resize((tile, tile), Image.Resampling.BICUBIC)
+
+
+def canvas_images(scene: Scene) -> list:
+    """What a model sees of ``scene``: the :func:`overview` then the tiles, row by row; a single tile is its own
+    overview, so it goes alone."""
     image = scene.render()
     parts = tiles(image, scene.tile)
-    if len(parts) == 1:
-        return parts
-    return [image.resize((scene.tile, scene.tile), Image.Resampling.BICUBIC)] + parts
+    return parts if len(parts) == 1 else [overview(image, scene.tile)] + parts
 
 
 def canvas_marks(rows: int, cols: int, mark: str) -> str:
@@ -109,10 +112,11 @@ def random_scene(rng: random.Random, rows: int, cols: int, tile: int, n_shapes: 
                  background=background, texture=rng.random() < 0.3, seed=rng.randrange(2**31))
 
 
-def random_canvas(rng: random.Random, side: int, tile: int) -> Scene:
-    """A ``side`` x ``side`` canvas with 1-3 objects (at most one per tile), half the time of distinct shapes: the
-    canvases the vision path is trained on and zipvl-eval asks about."""
-    return random_scene(rng, side, side, tile, rng.randint(1, min(3, side * side)), distinct_shapes=rng.random() < 0.5)
+def random_canvas(rng: random.Random, side: int, tile: int, n_shapes: int | None = None) -> Scene:
+    """A ``side`` x ``side`` canvas with 1-3 objects (``n_shapes`` if given; at most one per tile), half the time of
+    distinct shapes: the canvases the vision path is trained on and zipvl-eval asks about."""
+    n = rng.randint(1, min(3, side * side)) if n_shapes is None else n_shapes
+    return random_scene(rng, side, side, tile, n, distinct_shapes=rng.random() < 0.5)
 
 
 def tile_caption(shapes: list[Shape], rows: int, cols: int) -> str:

@@ -204,9 +204,8 @@ def _scene_items(task: str, side: int, opts: TaskOptions, multi: bool = False, c
             images = tiles(scene.render(), IMAGE_SIZE)
         else:
             if count:  # 1, 2, 3 objects in turn: a model that always answers one number scores a third
-                n = 1 + i % 3
-                scene = random_scene(rng, side, side, IMAGE_SIZE, n, distinct_shapes=rng.random() < 0.5)
-                question, answer = "how many shapes are in the image?", NUMBERS[n]
+                scene = random_canvas(rng, side, IMAGE_SIZE, n_shapes=1 + i % 3)
+                question, answer = "how many shapes are in the image?", NUMBERS[len(scene.shapes)]
             else:
                 scene = random_canvas(rng, side, IMAGE_SIZE)
                 question, answer = scene_question(rng, scene)

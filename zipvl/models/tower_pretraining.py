@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..data.scenes import COLORS, SHAPES, canvas_images, random_canvas, random_scene
+from ..data.scenes import COLORS, SHAPES, overview, random_canvas, random_scene
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ class LabelledTiles:
 
     def _overview(self):
         scene = random_canvas(self.rng, self.rng.randint(2, 4), self.size)
-        return canvas_images(scene)[0], len(scene.shapes)
+        return overview(scene.render(), self.size), len(scene.shapes)
 
     def batch(self, size: int):
         n_overview = round(size * self.cfg.overview_fraction)

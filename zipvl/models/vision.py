@@ -48,6 +48,11 @@ def save_vision(model, path: Path, card: dict) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().to(torch.float16).contiguous() for k, v in trainable_state(model).items()}, str(path))
+    save_card(path, card)
+
+
+def save_card(path: Path, card: dict) -> None:
+    """The card beside weights ``path`` (``vision-VERSION.json``)."""
     path.with_suffix(".json").write_text(json.dumps(card, indent=1) + "\n")
 
 

@@ -229,9 +229,8 @@ class SampleStream:
         rng = self.rng
         scene = random_canvas(rng, side, IMAGE_SIZE)
         (question, answer), *more = self._scene_questions(scene)
-        caption = canvas_caption(scene) if self.labels is not None else None
         return Sample(canvas_prompt(side * side, side, question), canvas_images(scene), answer, f"tiles{side}", more,
-                      caption)
+                      self._caption(scene, canvas=True))
 
     def _multi(self) -> Sample:
         """2-4 images, one object each, distinct shapes where asked about: the question names a shape or colour."""
@@ -242,8 +241,11 @@ class SampleStream:
         return Sample(multi_image_prompt(n, question), tiles(scene.render(), IMAGE_SIZE), answer, "multi", more,
                       self._caption(scene))
 
-    def _caption(self, scene) -> str | None:
-        return tile_caption(scene.shapes, scene.rows, scene.cols) if self.labels is not None else None
+    def _caption(self, scene, canvas: bool = False) -> str | None:
+        """With captions on: every image in words (a canvas's overview count first, :func:`scenes.canvas_caption`)."""
+        if self.labels is None:
+            return None
+        return canvas_caption(scene) if canvas else tile_caption(scene.shapes, scene.rows, scene.cols)
 
     def batch(self, size: int) -> list[Sample]:
         kind = self.rng.choices(KINDS, weights=self.mix)[0]

@@ -216,7 +216,7 @@ def heldout_cell_accuracy(model, processor, prompt: TilePrompt, n: int = 512, se
     and the overviews of ``n // 2`` more (their count)."""
     import random
 
-    from ..data.scenes import canvas_images, random_canvas, tile_caption, tiles
+    from ..data.scenes import overview, random_canvas, tile_caption, tiles
 
     proc = processor.image_processor
     images, labels = heldout_easyvqa_images(n)
@@ -235,7 +235,7 @@ def heldout_cell_accuracy(model, processor, prompt: TilePrompt, n: int = 512, se
     out["canvas_objects"] = _decoded_share(model, prompt, proc, [canvas_tiles[i] for i in objects],
                                            [cells[i] for i in objects])
     scenes = [random_canvas(rng, 4, size) for _ in range(n // 2)]
-    out["canvas_overviews"] = _decoded_share(model, prompt, proc, [canvas_images(s)[0] for s in scenes],
+    out["canvas_overviews"] = _decoded_share(model, prompt, proc, [overview(s.render(), size) for s in scenes],
                                              [count_caption(len(s.shapes)) for s in scenes])
     return out
 
